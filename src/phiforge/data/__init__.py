@@ -1,0 +1,1 @@
+"""Records, JSONL I/O and the tiny recipe's seeded data generator."""

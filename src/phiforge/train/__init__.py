@@ -1,0 +1,1 @@
+"""Pretraining and midtraining: packing, the mixture sampler, LR schedule and trainer."""

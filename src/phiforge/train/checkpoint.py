@@ -1,0 +1,107 @@
+"""Training checkpoints with exact resume, and Hugging Face model export.
+
+A training checkpoint is a folder ``checkpoints/step_000123/`` with the model
+weights (safetensors), the optimizer state, and ``state.json`` (step, sampler
+position, metrics so far). It is written under a temporary name and renamed into
+place, so a crash mid-write never leaves a folder a resume would trust.
+The exported model (``model/``) is a plain Hugging Face folder that
+``AutoModelForCausalLM.from_pretrained`` and vLLM load as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from phiforge.errors import CheckpointError
+
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+def save_training_checkpoint(directory: Path, step: int, model, optimizer, state: dict, keep: int) -> Path:
+    """Atomically write checkpoint ``step`` and prune all but the newest ``keep``."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step_{step:06d}"
+    tmp = directory / f".step_{step:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _prune(directory, keep)
+    return final
+
+
+def _prune(directory: Path, keep: int) -> None:
+    steps = list_checkpoints(directory)
+    for path in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints in step order (temporary folders are ignored)."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if STEP_DIR.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def load_training_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore model and optimizer in place; return the saved trainer state."""
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(path / "model.safetensors")
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        return json.loads((path / "state.json").read_text())
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e}); delete it to restart "
+                              "the stage from the previous checkpoint") from e
+
+
+def export_hf_model(model, tokenizer, path: Path) -> Path:
+    """Save a Hugging Face model folder (safetensors + config + tokenizer + chat template) atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    _add_legacy_rope_theta(tmp / "config.json")
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _add_legacy_rope_theta(config_path: Path) -> None:
+    """Also write the top-level ``rope_theta`` that transformers 4.x and older vLLM read."""
+    cfg = json.loads(config_path.read_text())
+    theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None and "rope_theta" not in cfg:
+        cfg["rope_theta"] = theta
+        config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def load_hf_model(path: str | Path, device: str = "cpu"):
+    """Load a Phi-4-architecture model folder, refusing other architectures clearly."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a model folder (no config.json); point to a stage's model/ "
+                              "folder or a Hugging Face model directory")
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type != "phi3":
+        raise CheckpointError(f"{path}: architecture is '{config.model_type}', but phiforge trains the Phi-4 "
+                              "architecture (model_type 'phi3', Phi3ForCausalLM); convert the checkpoint or "
+                              "start from a phiforge preset")
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
