@@ -17,7 +17,13 @@ from phiforge.errors import DataError
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dict]:
-    """Yield the JSON objects of ``path``; blank lines are skipped.
+    """Yield the JSON objects of ``path``; blank lines are skipped (see ``read_jsonl_lines``)."""
+    for _, obj in read_jsonl_lines(path, required):
+        yield obj
+
+
+def read_jsonl_lines(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line of ``path``.
 
     Raises ``DataError`` naming ``file:line`` for invalid JSON, a non-object line,
     or a missing required field.
@@ -29,7 +35,7 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dic
         for lineno, line in enumerate(_lines(f, path), start=1):
             if not line.strip():
                 continue
-            yield _parse_line(line, path, lineno, required)
+            yield lineno, _parse_line(line, path, lineno, required)
 
 
 def _lines(f, path: Path) -> Iterator[str]:

@@ -1,0 +1,96 @@
+"""The ``phiforge`` command line: ``phiforge run`` plus one subcommand per stage.
+
+    phiforge run [RECIPE] [--dry-run] [--only STAGE] [--from STAGE] [key=value ...]
+    phiforge pretrain [RECIPE] [--dry-run] [key=value ...]     # = run --only pretrain
+    phiforge presets                                           # model presets and sizes
+
+With no RECIPE, ``recipes/tiny.toml`` (the CPU default) is used. Overrides take
+the form ``section.key=value`` (e.g. ``pretrain.max_steps=50``). User errors print
+one clear message and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from phiforge.errors import PhiforgeError
+
+DEFAULT_RECIPE = Path("recipes/tiny.toml")
+STAGE_COMMANDS = ("data", "tokenizer", "pretrain", "midtrain", "eval", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phiforge", description="The Phi-4 training recipe, end to end.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe's stages in order, skipping finished ones")
+    _add_recipe_args(run)
+    run.add_argument("--only", metavar="STAGE", help="run just this stage (its inputs must exist)")
+    run.add_argument("--from", dest="start", metavar="STAGE", help="rerun this stage and every later one")
+    for name in STAGE_COMMANDS:
+        _add_recipe_args(sub.add_parser(name, help=f"run only the '{name}' stage of a recipe"))
+    sub.add_parser("presets", help="list the model presets with parameter counts")
+    return parser
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="*", metavar="RECIPE | key=value",
+                   help="recipe file (default recipes/tiny.toml) and section.key=value overrides")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the resolved plan, and exit")
+
+
+def split_args(args: list[str]) -> tuple[Path | None, list[str]]:
+    """First non-override argument is the recipe; ``a.b=c`` items are overrides."""
+    recipe, overrides = None, []
+    for a in args:
+        if "=" in a and not Path(a).exists():
+            overrides.append(a)
+        elif recipe is None:
+            recipe = Path(a)
+        else:
+            raise PhiforgeError(f"unexpected argument {a!r}: give one recipe file, then key=value overrides")
+    if recipe is None and DEFAULT_RECIPE.is_file():
+        recipe = DEFAULT_RECIPE
+    return recipe, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except PhiforgeError as e:
+        print(f"phiforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"phiforge: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    if args.command == "presets":
+        from phiforge.run.plan import print_presets
+        print_presets()
+        return 0
+    from phiforge.recipe import load_recipe
+    recipe_path, overrides = split_args(args.args)
+    recipe = load_recipe(recipe_path, overrides)
+    only = args.command if args.command in STAGE_COMMANDS else args.only
+    start = getattr(args, "start", None)
+    if args.dry_run:
+        from phiforge.run.plan import print_plan
+        print_plan(recipe, recipe_path, only, start)
+        return 0
+    from phiforge.run.pipeline import run_pipeline
+    run_dir = run_pipeline(recipe, only=only, start=start, log=_log)
+    print(f"phiforge: run finished: {run_dir}" + (f" (report: {run_dir / 'report.html'})"
+                                                  if (run_dir / "report.html").exists() else ""))
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

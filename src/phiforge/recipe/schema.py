@@ -1,0 +1,198 @@
+"""The recipe schema: one pydantic model per section, validated before any work starts.
+
+A recipe file (TOML) has one table per stage. Every model forbids unknown keys, so
+a typo fails with the key's dotted path and the allowed keys. Defaults reproduce
+the tiny CPU recipe; the Phi-4 report's values are noted where they differ (they
+are for a 14B model on 1920 GPUs). Values the report does not give are marked
+UNCONFIRMED in ``docs/recipe.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from phiforge.model.presets import PRESETS
+
+IDENT = r"^[a-z][a-z0-9_]*$"
+TINYMATH_SOURCES = ("textbook", "web", "long")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RunSection(Section):
+    name: str = Field("tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run folder name under out_dir")
+    seed: int = Field(1234, ge=0)
+    out_dir: str = Field("runs", description="parent of run folders; the PHIFORGE_RUNS env var overrides it")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default")
+
+
+class TinyMathSection(Section):
+    """Sizes of the seeded word-problem corpus (see ``phiforge.data.tinymath``)."""
+
+    textbook_docs: int = Field(20000, ge=1)
+    web_docs: int = Field(20000, ge=1)
+    long_docs: int = Field(300, ge=1)
+    long_problems: int = Field(12, ge=1, description="problems per long worksheet document")
+    eval_problems: int = Field(300, ge=1)
+    valid_docs: int = Field(200, ge=1, description="held-out documents per source for validation loss")
+    web_wrong_rate: float = Field(0.2, ge=0.0, le=1.0, description="share of web posts with a wrong answer")
+
+
+class SourceFile(Section):
+    """A user corpus: JSONL files with one document per line."""
+
+    name: str = Field(pattern=IDENT)
+    paths: list[str] = Field(min_length=1)
+    text_field: str = "text"
+    kind: Literal["pretrain", "long"] = Field("pretrain", description="'long' sources feed midtraining")
+
+
+class DataSection(Section):
+    generator: Literal["tinymath", "none"] = "tinymath"
+    tinymath: TinyMathSection = TinyMathSection()
+    sources: list[SourceFile] = []
+    eval_file: str | None = Field(None, description="JSONL with question/answer items; tinymath makes one")
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = self.source_names()
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; duplicated: {dup}")
+        if self.generator == "none" and not self.sources:
+            raise ValueError("with generator = 'none', list at least one [[data.sources]] entry")
+        return self
+
+    def source_names(self) -> list[str]:
+        gen = list(TINYMATH_SOURCES) if self.generator == "tinymath" else []
+        return gen + [s.name for s in self.sources]
+
+    def long_source_names(self) -> list[str]:
+        gen = ["long"] if self.generator == "tinymath" else []
+        return gen + [s.name for s in self.sources if s.kind == "long"]
+
+
+class TokenizerSection(Section):
+    kind: Literal["bpe", "phi4"] = Field("bpe", description="bpe: train on the run's data; phi4: cl100k + Phi-4 specials")
+    vocab_size: int = Field(1024, ge=261, le=1_000_000, description="bpe only")
+    split_digits: bool = Field(False, description="bpe only: one token per digit")
+    train_docs: int = Field(20000, ge=1, description="bpe only: documents per source sampled for training")
+
+
+class ModelSection(Section):
+    preset: str = "tiny"
+    num_hidden_layers: int | None = Field(None, ge=1)
+    hidden_size: int | None = Field(None, ge=8)
+    intermediate_size: int | None = Field(None, ge=8)
+    num_attention_heads: int | None = Field(None, ge=1)
+    num_key_value_heads: int | None = Field(None, ge=1)
+    max_position_embeddings: int | None = Field(None, ge=16)
+    rope_theta: float | None = Field(None, gt=0)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; choose one of {sorted(PRESETS)}")
+        return v
+
+    def overrides(self) -> dict:
+        return self.model_dump(exclude={"preset"}, exclude_none=True)
+
+    def max_positions(self) -> int:
+        return self.max_position_embeddings or PRESETS[self.preset]["max_position_embeddings"]
+
+
+class TrainSection(Section):
+    """Optimisation settings shared by pretraining and midtraining."""
+
+    enabled: bool = True
+    max_steps: int = Field(ge=1)
+    micro_batch_size: int = Field(ge=1)
+    grad_accum: int = Field(1, ge=1)
+    seq_len: int = Field(ge=8)
+    lr: float | None = Field(None, gt=0, description="peak LR")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of the peak")
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    log_every: int = Field(25, ge=1)
+    eval_every: int = Field(100, ge=0, description="steps between held-out losses; 0 = only at the end")
+    valid_sequences: int = Field(32, ge=1, description="held-out sequences per source")
+    checkpoint_every: int = Field(100, ge=0, description="0 = no intermediate checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPUs, fp32 on CPUs")
+
+    def tokens(self) -> int:
+        return self.max_steps * self.micro_batch_size * self.grad_accum * self.seq_len
+
+
+class PretrainSection(TrainSection):
+    max_steps: int = Field(400, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(256, ge=8)
+    lr: float | None = Field(3e-3, gt=0, description="peak LR (the report's 3e-4 is for 14B)")
+    mixture: dict[str, float] = Field(default_factory=lambda: {"textbook": 0.7, "web": 0.3})
+
+
+class MidtrainSection(TrainSection):
+    """Long-context midtraining (report §3.3): RoPE base up, context up, LR / 10, 30% long data."""
+
+    max_steps: int = Field(60, ge=1)
+    micro_batch_size: int = Field(8, ge=1)
+    seq_len: int = Field(512, ge=8)
+    lr: float | None = Field(None, gt=0, description="None = pretrain.lr * lr_scale")
+    lr_scale: float = Field(0.1, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    rope_theta: float = Field(250000.0, gt=0)
+    long_fraction: float = Field(0.3, gt=0, le=1, description="share of newly curated long data; the rest replays pretraining")
+
+
+class EvalSection(Section):
+    enabled: bool = True
+    models: list[Literal["pretrain", "midtrain"]] = ["pretrain", "midtrain"]
+    max_items: int | None = Field(None, ge=1, description="evaluate the first N items only")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class ReportSection(Section):
+    enabled: bool = True
+
+
+class Recipe(Section):
+    """A whole run: every stage's settings."""
+
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    tokenizer: TokenizerSection = TokenizerSection()
+    model: ModelSection = ModelSection()
+    pretrain: PretrainSection = PretrainSection()
+    midtrain: MidtrainSection = MidtrainSection()
+    eval: EvalSection = EvalSection()
+    report: ReportSection = ReportSection()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        known = self.data.source_names()
+        unknown = sorted(set(self.pretrain.mixture) - set(known))
+        if unknown:
+            raise ValueError(f"pretrain.mixture names unknown source(s) {unknown}; sources are {known}")
+        if self.pretrain.seq_len > self.model.max_positions():
+            raise ValueError(f"pretrain.seq_len={self.pretrain.seq_len} exceeds the model's context "
+                             f"({self.model.max_positions()} for preset '{self.model.preset}'); lower "
+                             "pretrain.seq_len or raise model.max_position_embeddings")
+        if self.midtrain.enabled and not self.data.long_source_names():
+            raise ValueError("midtrain needs a long-document source: use data.generator = 'tinymath' or add a "
+                             "[[data.sources]] entry with kind = 'long' (or set midtrain.enabled = false)")
+        return self
+
+    def midtrain_lr(self) -> float:
+        return self.midtrain.lr or (self.pretrain.lr or 3e-4) * self.midtrain.lr_scale

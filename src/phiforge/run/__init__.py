@@ -1,0 +1,1 @@
+"""Run directories, stage markers and the stage pipeline."""

@@ -1,0 +1,191 @@
+"""The stage pipeline: ordered stages, skip-if-finished, ``--only`` and ``--from``.
+
+Stages run in a fixed order (data → tokenizer → pretrain → midtrain → eval →
+report); later issues insert theirs (synthetic data, curation, SFT, DPO) into
+``STAGES``. Each stage declares the recipe sections it reads and the stages whose
+output it consumes; its fingerprint hashes both, so changing ``pretrain.lr`` marks
+pretraining and everything downstream as out of date, and nothing upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from phiforge.data.records import write_json
+from phiforge.errors import StageError
+from phiforge.recipe.load import resolved_dict
+from phiforge.recipe.schema import Recipe
+from phiforge.run import rundir
+from phiforge.run.context import StageContext
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]
+    inputs: tuple[str, ...]
+    run: Callable[[StageContext], dict]
+    resumable: bool = False   # keep partial output (checkpoints) across restarts
+    always: bool = False      # rerun every time (cheap, e.g. the report)
+    description: str = ""
+
+
+def _lazy(module: str, fn: str) -> Callable[[StageContext], dict]:
+    """Import a stage's implementation only when it runs (keeps the CLI fast)."""
+    def call(ctx: StageContext) -> dict:
+        import importlib
+        return getattr(importlib.import_module(module), fn)(ctx)
+    call.__qualname__ = f"{module}.{fn}"
+    return call
+
+
+STAGES: list[Stage] = [
+    Stage("data", ("data",), (), _lazy("phiforge.data.stage", "run_data"),
+          description="make or import the corpora, held-out and eval sets"),
+    Stage("tokenizer", ("tokenizer",), ("data",), _lazy("phiforge.tokenize.stage", "run_tokenizer"),
+          description="train (bpe) or build (phi4) the tokenizer and encode every source"),
+    Stage("pretrain", ("model", "pretrain"), ("tokenizer",), _lazy("phiforge.train.stages", "run_pretrain"),
+          resumable=True, description="pretrain on the source mixture"),
+    Stage("midtrain", ("midtrain",), ("pretrain",), _lazy("phiforge.train.stages", "run_midtrain"),
+          resumable=True, description="long-context midtraining (RoPE base up, LR / 10, 30% long data)"),
+    Stage("eval", ("eval",), ("pretrain", "midtrain"), _lazy("phiforge.evals.stage", "run_eval"),
+          description="exact-answer accuracy on held-out problems"),
+    Stage("report", ("report",), ("eval",), _lazy("phiforge.report.stage", "run_report"), always=True,
+          description="write report.html"),
+]
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+def get_stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise StageError(f"unknown stage {name!r}; stages are {stage_names()}")
+
+
+def is_enabled(recipe: Recipe, stage: Stage) -> bool:
+    section = getattr(recipe, stage.sections[-1], None)
+    return bool(getattr(section, "enabled", True))
+
+
+def fingerprints(recipe: Recipe) -> dict[str, str]:
+    """Config fingerprint per stage, chained through the stages it consumes."""
+    data = resolved_dict(recipe)
+    fps: dict[str, str] = {}
+    for stage in STAGES:
+        payload = stage_payload(data, stage, fps)
+        fps[stage.name] = rundir.fingerprint(payload)
+    return fps
+
+
+def stage_payload(data: dict, stage: Stage, fps: dict[str, str]) -> dict:
+    return {"seed": data["run"]["seed"], **{s: data[s] for s in stage.sections},
+            "inputs": {i: fps.get(i) for i in stage.inputs}}
+
+
+def run_dir_for(recipe: Recipe) -> Path:
+    return rundir.runs_root(recipe.run.out_dir) / recipe.run.name
+
+
+def select(recipe: Recipe, only: str | None, start: str | None) -> list[Stage]:
+    """The enabled stages to run, honouring ``--only`` / ``--from``."""
+    names = stage_names()
+    for flag, value in (("--only", only), ("--from", start)):
+        if value is not None and value not in names:
+            raise StageError(f"{flag} {value}: unknown stage; stages are {', '.join(names)}")
+    chosen = [s for s in STAGES if is_enabled(recipe, s)]
+    if only:
+        return [s for s in chosen if s.name == only]
+    if start:
+        return [s for s in chosen if names.index(s.name) >= names.index(start)]
+    return chosen
+
+
+def run_pipeline(recipe: Recipe, only: str | None = None, start: str | None = None,
+                 log: Callable[[str], None] = print) -> Path:
+    """Run the selected stages; finished stages with a matching fingerprint are skipped."""
+    run_dir = run_dir_for(recipe)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.resolved.json", resolved_dict(recipe))
+    _write_resolved_toml(run_dir, recipe)
+    fps = fingerprints(recipe)
+    selected = select(recipe, only, start)
+    forced = {s.name for s in selected} if (only or start) else set()
+    for stage in selected:
+        _run_one(recipe, run_dir, stage, fps, force=stage.name in forced, log=log)
+    return run_dir
+
+
+def _run_one(recipe: Recipe, run_dir: Path, stage: Stage, fps: dict, force: bool, log) -> None:
+    stage_dir = run_dir / stage.name
+    marker = rundir.read_marker(stage_dir)
+    fp = fps[stage.name]
+    if marker and not force and not stage.always:
+        if marker["fingerprint"] == fp:
+            log(f"[{stage.name}] already finished ({stage_dir}); skipping")
+            _update_run_json(run_dir, stage.name, {"status": "skipped"})
+            return
+        raise StageError(_changed_message(stage, marker, recipe, run_dir))
+    if marker:
+        rundir.clear_stage(stage_dir)
+    rundir.prepare_stage_dir(stage_dir, fp, stage.resumable, lambda m: log(f"[{stage.name}] {m}"))
+    _execute(recipe, run_dir, stage, fp, log)
+
+
+def _execute(recipe: Recipe, run_dir: Path, stage: Stage, fp: str, log) -> None:
+    ctx = StageContext(recipe, run_dir, stage.name, log=lambda m: log(f"[{stage.name}] {m}"))
+    log(f"[{stage.name}] start: {stage.description}")
+    _update_run_json(run_dir, stage.name, {"status": "running"})
+    t0 = time.perf_counter()
+    try:
+        with rundir.PeakRSS() as mem:
+            stats = stage.run(ctx) or {}
+    except BaseException:
+        _update_run_json(run_dir, stage.name, {"status": "failed", "wall_s": time.perf_counter() - t0})
+        raise
+    wall = time.perf_counter() - t0
+    stats = {"stage": stage.name, "wall_s": round(wall, 2), "peak_rss_mb": round(mem.peak_mb, 1), **stats}
+    write_json(ctx.stage_dir / "stats.json", stats)
+    payload = stage_payload(resolved_dict(recipe), stage, fingerprints(recipe))
+    rundir.write_marker(ctx.stage_dir, fp, payload)
+    _update_run_json(run_dir, stage.name, {"status": "done", "wall_s": stats["wall_s"],
+                                           "peak_rss_mb": stats["peak_rss_mb"]})
+    log(f"[{stage.name}] done in {wall:.1f}s (peak RSS {mem.peak_mb:,.0f} MB)")
+
+
+def _changed_message(stage: Stage, marker: dict, recipe: Recipe, run_dir: Path) -> str:
+    now = stage_payload(resolved_dict(recipe), stage, fingerprints(recipe))
+    changed = sorted(_diff_keys(marker.get("config", {}), now))
+    what = ", ".join(changed[:8]) or "an upstream stage"
+    return (f"stage '{stage.name}' in {run_dir} finished with a different config (changed: {what}). "
+            f"Rerun it with --from {stage.name}, or start a new run with run.name=<new name>")
+
+
+def _diff_keys(old, new, prefix: str = "") -> set[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = set(old) | set(new)
+        return set().union(*[_diff_keys(old.get(k), new.get(k), f"{prefix}{k}.") for k in keys]) if keys else set()
+    return {prefix.rstrip(".")} if old != new else set()
+
+
+def _update_run_json(run_dir: Path, stage: str, fields: dict) -> None:
+    path = run_dir / "run.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault("name", run_dir.name)
+    data["order"] = stage_names()
+    data.setdefault("stages", {}).setdefault(stage, {}).update(fields)
+    write_json(path, data)
+
+
+def _write_resolved_toml(run_dir: Path, recipe: Recipe) -> None:
+    import tomli_w
+
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    (run_dir / "config.resolved.toml").write_text(tomli_w.dumps(data))

@@ -1,0 +1,137 @@
+"""``--dry-run``: validate a recipe and print what a run would do, without doing it.
+
+The plan shows each stage's status in the run folder (done / out of date /
+pending), data sizes, model parameters, the token budget and the Table-5-style
+mixture with epochs per source. Token counts come from the tokenizer stage when
+it has finished, otherwise they are estimated from character counts (marked
+"est."). Later issues append sections (e.g. the GPU resource plan) to
+``PLAN_SECTIONS``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from phiforge.model import presets
+from phiforge.recipe.schema import Recipe
+from phiforge.run import pipeline, rundir
+from phiforge.train.mixture import format_mixture_table, plan_mixture
+
+CHARS_PER_TOKEN_GUESS = 3.5
+
+
+def print_plan(recipe: Recipe, recipe_path: Path | None, only: str | None, start: str | None,
+               out: Callable[[str], None] = print) -> None:
+    run_dir = pipeline.run_dir_for(recipe)
+    out(f"recipe: {recipe_path or '<defaults>'}\nrun dir: {run_dir}")
+    for section in PLAN_SECTIONS:
+        text = section(recipe, run_dir, only, start)
+        if text:
+            out(text)
+
+
+def stages_section(recipe: Recipe, run_dir: Path, only, start) -> str:
+    fps = pipeline.fingerprints(recipe)
+    selected = {s.name for s in pipeline.select(recipe, only, start)}
+    lines = ["stages:"]
+    for stage in pipeline.STAGES:
+        marker = rundir.read_marker(run_dir / stage.name)
+        status = "disabled" if not pipeline.is_enabled(recipe, stage) else (
+            "pending" if marker is None else "done" if marker["fingerprint"] == fps[stage.name] else "out of date")
+        action = "run" if stage.name in selected and (status != "done" or only or start or stage.always) else "skip"
+        lines.append(f"  {stage.name:<10} {status:<12} {action:<5} {stage.description}")
+    return "\n".join(lines)
+
+
+def data_section(recipe: Recipe, run_dir: Path, only, start) -> str:
+    sizes = source_tokens(recipe, run_dir)
+    lines = ["data:"]
+    for name, (docs, tokens, exact) in sizes.items():
+        lines.append(f"  {name:<12} {docs:>9,} docs {tokens:>13,} tokens{'' if exact else ' (est.)'}")
+    return "\n".join(lines)
+
+
+def model_section(recipe: Recipe, run_dir: Path, only, start) -> str:
+    vocab = vocab_size(recipe, run_dir)
+    cfg = presets.build_config(recipe.model.preset, {**recipe.model.overrides(), "vocab_size": vocab})
+    n = presets.count_params(cfg)
+    return (f"model: preset {recipe.model.preset}, vocab {vocab:,}, {cfg.num_hidden_layers} layers, hidden "
+            f"{cfg.hidden_size}, heads {cfg.num_attention_heads}/{cfg.num_key_value_heads} (q/kv)\n"
+            f"  parameters: {n['total']:,} total, {n['non_embedding']:,} non-embedding")
+
+
+def budget_section(recipe: Recipe, run_dir: Path, only, start) -> str:
+    sizes = {k: v[1] for k, v in source_tokens(recipe, run_dir).items()}
+    parts = []
+    for name in ("pretrain", "midtrain"):
+        section = getattr(recipe, name)
+        if not section.enabled:
+            continue
+        weights = recipe.pretrain.mixture if name == "pretrain" else _midtrain_weights(recipe)
+        rows = plan_mixture(weights, {k: max(1, sizes.get(k, 1)) for k in weights}, section.tokens())
+        parts.append(f"{name}: {section.max_steps:,} steps x {section.micro_batch_size} x {section.grad_accum} "
+                     f"(accum) x {section.seq_len} tokens = {section.tokens():,} tokens\n"
+                     + format_mixture_table(rows, title=f"{name} mixture"))
+    return "\n".join(parts)
+
+
+def _midtrain_weights(recipe: Recipe) -> dict[str, float]:
+    from phiforge.train.stages import midtrain_weights
+    return midtrain_weights(recipe.pretrain.mixture, recipe.data.long_source_names(), recipe.midtrain.long_fraction)
+
+
+def vocab_size(recipe: Recipe, run_dir: Path) -> int:
+    stats = _stats(run_dir / "tokenizer")
+    if stats and "vocab_size" in stats:
+        return int(stats["vocab_size"])
+    return presets.PHI4_VOCAB if recipe.tokenizer.kind == "phi4" else recipe.tokenizer.vocab_size
+
+
+def source_tokens(recipe: Recipe, run_dir: Path) -> dict[str, tuple[int, int, bool]]:
+    """``{source: (docs, tokens, exact)}`` from the tokenizer stage, else estimated from characters."""
+    stats = _stats(run_dir / "tokenizer")
+    if stats and rundir.read_marker(run_dir / "tokenizer"):
+        return {k.split("/", 1)[1]: (v["docs"], v["tokens"], True)
+                for k, v in stats["sources"].items() if k.startswith("train/")}
+    return {name: (docs, int(chars / CHARS_PER_TOKEN_GUESS), False)
+            for name, (docs, chars) in source_chars(recipe).items()}
+
+
+def source_chars(recipe: Recipe) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    if recipe.data.generator == "tinymath":
+        from phiforge.data import tinymath
+        t = recipe.data.tinymath
+        splits = tinymath.generate(recipe.run.seed, t.textbook_docs, t.web_docs, t.long_docs, 1, 1,
+                                   t.web_wrong_rate, t.long_problems)
+        for name in ("textbook", "web", "long"):
+            rows = splits[f"train/{name}"]
+            out[name] = (len(rows), sum(len(r["text"]) for r in rows))
+    for src in recipe.data.sources:
+        size = sum(Path(p).stat().st_size for p in src.paths if Path(p).is_file())
+        missing = [p for p in src.paths if not Path(p).is_file()]
+        if missing:
+            from phiforge.errors import DataError
+            raise DataError(f"data.sources '{src.name}': file(s) not found: {missing}")
+        out[src.name] = (-1, size)
+    return out
+
+
+def _stats(stage_dir: Path) -> dict | None:
+    path = stage_dir / "stats.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def print_presets(out: Callable[[str], None] = print) -> None:
+    out(f"{'preset':<10} {'layers':>6} {'hidden':>6} {'mlp':>6} {'heads':>7} {'vocab':>7} {'ctx':>6} {'params':>10}")
+    for name in presets.preset_names():
+        p = presets.PRESETS[name]
+        n = presets.count_params(presets.build_config(name))["total"]
+        out(f"{name:<10} {p['num_hidden_layers']:>6} {p['hidden_size']:>6} {p['intermediate_size']:>6} "
+            f"{p['num_attention_heads']:>3}/{p['num_key_value_heads']:<3} {p['vocab_size']:>7} "
+            f"{p['max_position_embeddings']:>6} {n / 1e6:>9.2f}M")
+
+
+PLAN_SECTIONS: list[Callable] = [stages_section, data_section, model_section, budget_section]

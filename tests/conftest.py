@@ -1,0 +1,34 @@
+"""Shared fixtures: a shortened tiny recipe that runs end to end in seconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep tests single-threaded-friendly and offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FAST_OVERRIDES = [
+    "data.tinymath.textbook_docs=300", "data.tinymath.web_docs=200", "data.tinymath.long_docs=20",
+    "data.tinymath.eval_problems=16", "data.tinymath.valid_docs=30",
+    "model.num_hidden_layers=2", "model.hidden_size=64", "model.intermediate_size=128",
+    "model.num_attention_heads=4", "model.num_key_value_heads=2",
+    "pretrain.max_steps=6", "pretrain.micro_batch_size=4", "pretrain.seq_len=64", "pretrain.warmup_steps=2",
+    "pretrain.eval_every=3", "pretrain.checkpoint_every=3", "pretrain.log_every=1", "pretrain.valid_sequences=2",
+    "midtrain.max_steps=4", "midtrain.micro_batch_size=2", "midtrain.seq_len=128", "midtrain.warmup_steps=1",
+    "midtrain.eval_every=2", "midtrain.checkpoint_every=2", "midtrain.valid_sequences=2",
+    "eval.max_new_tokens=8", "eval.batch_size=8",
+]
+
+
+@pytest.fixture
+def fast_overrides(tmp_path):
+    """Overrides that shrink the tiny recipe to seconds, writing into ``tmp_path``."""
+    return FAST_OVERRIDES + [f"run.out_dir={tmp_path / 'runs'}", "run.name=t"]
+
+
+@pytest.fixture(autouse=True)
+def _isolate_runs_env(monkeypatch):
+    monkeypatch.delenv("PHIFORGE_RUNS", raising=False)
