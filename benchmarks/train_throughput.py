@@ -35,13 +35,17 @@ What is identical (and how):
 Timing: both loops are run for ``warmup + steps + 1`` optimizer steps and
 timestamped at the start of every step's forward pass (phiforge: a wrapper around
 its ``objective``; HF: the ``on_step_begin`` callback, which fires after the batch
-is fetched). Throughput is ``steps × batch × seq_len`` over the time from step
-``warmup + 1`` to step ``warmup + steps + 1``: whole loop iterations, data fetching,
-logging and bookkeeping included, model construction and data building excluded.
-phiforge's self-reported tokens/s over the same steps (from ``metrics.jsonl``,
-whose ``elapsed_s`` is cumulative train time) is shown as a cross-check. As a
-check that the two loops really did the same work, the script reports the largest
-parameter difference between the two trained models.
+is fetched). A step's time is the gap to the next timestamp, so it covers a whole
+loop iteration (forward, backward, clipping, optimizer, logging/bookkeeping, fetching
+the next batch); model construction and data building are excluded. Steps
+``warmup + 1 .. warmup + steps`` are measured, for ``--repeats`` runs per trainer
+with alternating order. "tokens/s" is total tokens over total time; the ratio on
+the last line uses the *median* step time, which shrugs off the stalls other
+processes cause on a shared machine (both agree on a quiet one). phiforge's
+self-reported speed (``metrics.jsonl``: per-step ``tokens_per_s``, timed inside
+``_one_step``) is shown as a cross-check. As evidence that both loops really did
+the same work, the script prints both mean training losses and the largest
+parameter difference between the two trained models (0 means bit-identical).
 """
 
 from __future__ import annotations
@@ -74,15 +78,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--batch", type=int, default=16, help="micro-batch size (sequences)")
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=1,
-                   help="runs per trainer, alternating which goes first; the median is reported")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs per trainer, alternating which trainer goes first")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--hf-optim", default="adamw_torch", help="HF TrainingArguments.optim")
-    p.add_argument("--quick", action="store_true", help="10 measured steps, 2 warm-up (for smoke tests)")
+    p.add_argument("--quick", action="store_true", help="10 measured steps, 2 warm-up, 1 repeat (smoke test)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup = 10, 2
+        args.steps, args.warmup, args.repeats = 10, 2, 1
     return args
 
 
@@ -98,41 +102,44 @@ def make_sampler(source: TokenSource, seq_len: int) -> MixtureSampler:
     return MixtureSampler({"random": source}, {"random": 1.0}, seq_len, seed=SEED)
 
 
-def time_span(stamps: list[float], warmup: int, steps: int) -> float:
-    """Seconds from the start of step ``warmup + 1`` to the start of step ``warmup + steps + 1``."""
+def step_times(stamps: list[float], warmup: int, steps: int) -> list[float]:
+    """Durations of steps ``warmup + 1 .. warmup + steps`` from per-step start timestamps."""
     if len(stamps) < warmup + steps + 1:
         raise RuntimeError(f"expected {warmup + steps + 1} step timestamps, got {len(stamps)}")
-    return stamps[warmup + steps] - stamps[warmup]
+    window = stamps[warmup: warmup + steps + 1]
+    return [b - a for a, b in zip(window, window[1:])]
+
+
+def _one_thread_count(threads: set[int]) -> int:
+    if len(threads) != 1:
+        raise RuntimeError(f"torch thread count changed during training: {sorted(threads)}")
+    return threads.pop()
 
 
 # -- phiforge ---------------------------------------------------------------
 def run_phiforge(cfg, source: TokenSource, args: argparse.Namespace, work: Path) -> tuple[dict, torch.nn.Module]:
     """Train with phiforge's own loop; time whole steps via a wrapper around the objective."""
-    total = args.warmup + args.steps + 1
     model = build_model(cfg, seed=SEED)
-    spec = TrainSpec(max_steps=total, micro_batch_size=args.batch, seq_len=args.seq_len, lr=LR,
-                     weight_decay=WEIGHT_DECAY, beta1=BETAS[0], beta2=BETAS[1], eps=EPS,
+    spec = TrainSpec(max_steps=args.warmup + args.steps + 1, micro_batch_size=args.batch, seq_len=args.seq_len,
+                     lr=LR, weight_decay=WEIGHT_DECAY, beta1=BETAS[0], beta2=BETAS[1], eps=EPS,
                      grad_clip=CLIP, log_every=10**9)
     stamps: list[float] = []
-    threads: list[int] = []
+    threads: set[int] = set()
 
     def timed_objective(m, batch, autocast):
         stamps.append(time.perf_counter())
-        threads.append(torch.get_num_threads())
+        threads.add(torch.get_num_threads())
         return causal_lm_loss(m, batch, autocast)
 
     trainer = Trainer(model, spec, make_sampler(source, args.seq_len), work / "phiforge",
                       objective=timed_objective, log=lambda s: print(f"  [phiforge] {s}"))
     trainer.fit()
     rows = [r for r in read_metrics(work / "phiforge" / "metrics.jsonl") if r["kind"] == "train"]
-    by_step = {r["step"]: r for r in rows}
-    self_s = by_step[args.warmup + args.steps]["elapsed_s"] - by_step[args.warmup]["elapsed_s"] \
-        if args.warmup else by_step[args.steps]["elapsed_s"]
-    result = _result(time_span(stamps, args.warmup, args.steps), args, set(threads))
-    result["self_reported_seconds"] = round(self_s, 4)
-    result["self_reported_tokens_per_s"] = _tokens(args) / self_s
-    result["mean_train_loss"] = statistics.fmean(r["loss"] for r in rows)
-    return result, model
+    measured = [r for r in rows if args.warmup < r["step"] <= args.warmup + args.steps]
+    per_step_tokens = args.batch * args.seq_len
+    return {"step_s": step_times(stamps, args.warmup, args.steps), "threads": _one_thread_count(threads),
+            "self_reported_step_s": [per_step_tokens / r["tokens_per_s"] for r in measured],
+            "mean_train_loss": statistics.fmean(r["loss"] for r in rows)}, model
 
 
 # -- Hugging Face Trainer ----------------------------------------------------
@@ -169,96 +176,85 @@ def run_hf(cfg, rows: list[dict], args: argparse.Namespace, work: Path) -> tuple
     )
     clock = StepClock()
     out = HFTrainer(model=model, args=hf_args, train_dataset=rows, callbacks=[clock]).train()
-    result = _result(time_span(clock.stamps, args.warmup, args.steps), args, clock.threads)
-    result["mean_train_loss"] = out.training_loss
-    return result, model
+    return {"step_s": step_times(clock.stamps, args.warmup, args.steps),
+            "threads": _one_thread_count(clock.threads), "mean_train_loss": out.training_loss}, model
 
 
-# -- reporting ---------------------------------------------------------------
-def _tokens(args: argparse.Namespace) -> int:
-    return args.steps * args.batch * args.seq_len
-
-
-def _result(seconds: float, args: argparse.Namespace, threads: set[int]) -> dict:
-    if len(threads) != 1:
-        raise RuntimeError(f"torch thread count changed during training: {sorted(threads)}")
-    return {"seconds": round(seconds, 4), "tokens": _tokens(args), "tokens_per_s": _tokens(args) / seconds,
-            "s_per_step": seconds / args.steps, "threads": threads.pop()}
-
-
-def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    """Largest |Δ| between two models' parameters: ~0 means both loops did the same updates."""
-    sb = dict(b.named_parameters())
-    return max(float((p.detach() - sb[n].detach()).abs().max()) for n, p in a.named_parameters())
-
-
-def format_table(runs: dict[str, list[dict]]) -> str:
-    """One line per trainer (median over repeats) plus phiforge's self-reported figure."""
-    head = f"{'trainer':<34} {'steps':>5} {'tokens':>9} {'seconds':>8} {'s/step':>7} {'tokens/s':>9}"
-    lines = [head, "-" * len(head)]
-    for name, results in runs.items():
-        r = median_result(results)
-        lines.append(f"{name:<34} {round(r['seconds'] / r['s_per_step']):>5} {r['tokens']:>9,} "
-                     f"{r['seconds']:>8.2f} {r['s_per_step']:>7.3f} {r['tokens_per_s']:>9,.0f}")
-    pf = median_result(runs["phiforge Trainer"])
-    lines.append(f"{'phiforge (self-reported, metrics)':<34} {'':>5} {pf['tokens']:>9,} "
-                 f"{pf['self_reported_seconds']:>8.2f} {'':>7} {pf['self_reported_tokens_per_s']:>9,.0f}")
-    return "\n".join(lines)
-
-
-def median_result(results: list[dict]) -> dict:
-    """The repeat with the median tokens/s (a real run, so its fields stay consistent)."""
-    ordered = sorted(results, key=lambda r: r["tokens_per_s"])
-    return ordered[(len(ordered) - 1) // 2]
-
-
+# -- measuring and reporting -------------------------------------------------
 def measure(args: argparse.Namespace) -> dict:
     """Build the shared config and data once, then run both trainers ``--repeats`` times."""
     cfg = build_config(args.preset)
     n_tokens = (args.warmup + args.steps + 1) * args.batch * (args.seq_len + 1)
     source = make_source(cfg.vocab_size, cfg.eos_token_id, n_tokens, doc_len=4 * args.seq_len)
     rows = hf_rows(source, args)
-    runs: dict[str, list[dict]] = {"phiforge Trainer": [], "HF transformers.Trainer": []}
+    runs: dict[str, list[dict]] = {"phiforge": [], "hf": []}
     diffs = []
     for rep in range(args.repeats):
+        order = ["phiforge", "hf"] if rep % 2 == 0 else ["hf", "phiforge"]
+        models = {}
         with tempfile.TemporaryDirectory() as tmp:
-            order = ["phiforge", "hf"] if rep % 2 == 0 else ["hf", "phiforge"]
-            models = {}
             for which in order:
                 print(f"repeat {rep + 1}/{args.repeats}: {which} ...", flush=True)
                 if which == "phiforge":
                     res, models[which] = run_phiforge(cfg, source, args, Path(tmp))
-                    runs["phiforge Trainer"].append(res)
                 else:
                     res, models[which] = run_hf(cfg, rows, args, Path(tmp))
-                    runs["HF transformers.Trainer"].append(res)
-            diffs.append(max_param_diff(models["phiforge"], models["hf"]))
-    return {"runs": runs, "max_param_diff": max(diffs), "n_params": sum(p.numel() for p in models["hf"].parameters())}
+                runs[which].append(res)
+        diffs.append(max_param_diff(models["phiforge"], models["hf"]))
+    n_params = sum(p.numel() for p in models["hf"].parameters())
+    return {"runs": runs, "max_param_diff": max(diffs), "n_params": n_params}
+
+
+def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Largest |Δ| between two models' parameters: 0 means both loops did the same updates."""
+    sb = dict(b.named_parameters())
+    return max(float((p.detach() - sb[n].detach()).abs().max()) for n, p in a.named_parameters())
+
+
+def summarize(step_s: list[float], tokens_per_step: int) -> dict:
+    """Totals and medians over all measured steps (pooled across repeats)."""
+    seconds, median = sum(step_s), statistics.median(step_s)
+    return {"steps": len(step_s), "tokens": len(step_s) * tokens_per_step, "seconds": seconds,
+            "tokens_per_s": len(step_s) * tokens_per_step / seconds, "median_step_s": median,
+            "median_tokens_per_s": tokens_per_step / median}
+
+
+def summaries(runs: dict[str, list[dict]], tokens_per_step: int) -> dict[str, dict]:
+    pool = lambda key, rs: [t for r in rs for t in r[key]]  # noqa: E731
+    return {"phiforge Trainer": summarize(pool("step_s", runs["phiforge"]), tokens_per_step),
+            "HF transformers.Trainer": summarize(pool("step_s", runs["hf"]), tokens_per_step),
+            "phiforge (self-reported)": summarize(pool("self_reported_step_s", runs["phiforge"]), tokens_per_step)}
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    head = (f"{'trainer':<26} {'steps':>5} {'tokens':>9} {'seconds':>8} {'tokens/s':>9} "
+            f"{'median s/step':>13} {'median tok/s':>12}")
+    lines = [head, "-" * len(head)]
+    for name, r in rows.items():
+        lines.append(f"{name:<26} {r['steps']:>5} {r['tokens']:>9,} {r['seconds']:>8.2f} {r['tokens_per_s']:>9,.0f} "
+                     f"{r['median_step_s']:>13.3f} {r['median_tokens_per_s']:>12,.0f}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import transformers
-
     measured = measure(args)
-    runs = measured["runs"]
-    pf, hf = median_result(runs["phiforge Trainer"]), median_result(runs["HF transformers.Trainer"])
-    ratio = pf["tokens_per_s"] / hf["tokens_per_s"]
-    print()
-    print(f"preset={args.preset} ({measured['n_params'] / 1e6:.2f}M params) batch={args.batch} "
+    rows = summaries(measured["runs"], args.batch * args.seq_len)
+    pf, hf = rows["phiforge Trainer"], rows["HF transformers.Trainer"]
+    ratio, ratio_mean = pf["median_tokens_per_s"] / hf["median_tokens_per_s"], pf["tokens_per_s"] / hf["tokens_per_s"]
+    losses = [r["mean_train_loss"] for k in ("phiforge", "hf") for r in measured["runs"][k]]
+    print(f"\npreset={args.preset} ({measured['n_params'] / 1e6:.2f}M params) batch={args.batch} "
           f"seq_len={args.seq_len} warmup={args.warmup} steps={args.steps} repeats={args.repeats} "
-          f"threads={pf['threads']} hf_optim={args.hf_optim}")
-    print(format_table(runs))
-    print(f"mean train loss: phiforge {pf['mean_train_loss']:.5f}  HF {hf['mean_train_loss']:.5f}  "
-          f"| max |param diff| after training: {measured['max_param_diff']:.2e}")
+          f"threads={measured['runs']['hf'][0]['threads']} hf_optim={args.hf_optim}")
+    print(format_table(rows))
+    print(f"same work: mean train loss phiforge {losses[0]:.6f} / HF {losses[args.repeats]:.6f}; "
+          f"max |param diff| after training {measured['max_param_diff']:.2e}")
+    print(f"ratio of total tokens/s (sensitive to other processes): {ratio_mean:.2f}x")
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "n_params": measured["n_params"], "runs": runs, "ratio": ratio,
-              "max_param_diff": measured["max_param_diff"],
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "python": platform.python_version()},
-              "machine": {"platform": platform.platform(), "cpus": _cpu_count()}}
+              "n_params": measured["n_params"], "summary": rows, "ratio": ratio, "ratio_total": ratio_mean,
+              "max_param_diff": measured["max_param_diff"], "runs": measured["runs"], "environment": _environment()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
@@ -266,10 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cpu_count() -> int | None:
+def _environment() -> dict:
     import os
 
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import transformers
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "cpus": cpus,
+            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
 
 if __name__ == "__main__":

@@ -56,7 +56,13 @@ def split_args(args: list[str]) -> tuple[Path | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown_flags = [a for a in extra if a.startswith("-")]
+    if unknown_flags:
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
+    if extra:  # positionals after a flag (e.g. `run --dry-run pretrain.lr=1`) land here
+        args.args = list(getattr(args, "args", [])) + extra
     try:
         return _dispatch(args)
     except PhiforgeError as e:

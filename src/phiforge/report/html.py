@@ -200,7 +200,8 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric: Iterab
     thead = f"<thead>{tr(headers, 'th')}</thead>" if headers else ""
     body = "\n".join(tr(r, "td") for r in rows)
     tfoot = f"<tfoot>{tr(foot, 'td')}</tfoot>" if foot is not None else ""
-    return f'<table class="{esc(cls)}">{thead}<tbody>\n{body}\n</tbody>{tfoot}</table>'
+    klass = f' class="{esc(cls)}"' if cls else ""
+    return f'<table{klass}>{thead}<tbody>\n{body}\n</tbody>{tfoot}</table>'
 
 
 class Raw(str):
@@ -358,17 +359,21 @@ def _loss_series(rows: list) -> tuple[list[tuple[float, float]], dict[str, list[
 def _loss_png(stage: str, train: list, evals: dict) -> bytes:
     """Render with matplotlib's object API: no pyplot, no global backend switch, no leaked figures."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import LogFormatter, MaxNLocator
 
     fig = Figure(figsize=(8, 3.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     if train:
-        ax.plot(*zip(*train), lw=1.0, color="#4c72b0", alpha=0.85, label="train")
+        ax.plot(*zip(*train), lw=1.0, color="#555555", alpha=0.85, label="train")
     for src, pts in sorted(evals.items()):
         ax.plot(*zip(*pts), marker="o", ms=4, lw=1.2, label=f"val: {src}")
     values = [v for _, v in train] + [v for pts in evals.values() for _, v in pts]
     if values and min(values) > 0:
         ax.set_yscale("log")
+        for axis_set in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_set(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))  # "4", not "4×10⁰"
     ax.set(xlabel="optimizer step", ylabel="loss (nats/token)", title=f"{stage}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     buf = io.BytesIO()
@@ -432,13 +437,17 @@ def _examples(view: RunView, model: str) -> str:
     if rows is None:
         return title + not_run(f"no eval/predictions/{model}.jsonl")
     picked = [r for r in rows if isinstance(r, dict)][:EXAMPLES_PER_MODEL]
-    cells = [[r.get("id", "—"), Raw(f'<div class="text">{esc(r.get("question", ""))}</div>'),
-              r.get("answer", "—"), r.get("prediction", "—"),
+    cells = [[_or_dash(r.get("id")), Raw(f'<div class="text">{esc(r.get("question", ""))}</div>'),
+              _or_dash(r.get("answer")), _or_dash(r.get("prediction")),
               Raw(f'<pre class="completion">{esc(r.get("completion", ""))}</pre>'), _correct(r.get("correct"))]
              for r in picked]
     intro = note(f"first {len(picked)} of {len(rows)} predictions")
     return title + intro + table(["id", "question", "answer", "prediction", "completion", "correct?"], cells,
                                  cls="examples")
+
+
+def _or_dash(x: Any) -> Any:
+    return "—" if x is None else x
 
 
 def _correct(flag: Any) -> Raw:
