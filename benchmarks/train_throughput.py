@@ -39,19 +39,25 @@ is fetched). A step's time is the gap to the next timestamp, so it covers a whol
 loop iteration (forward, backward, clipping, optimizer, logging/bookkeeping, fetching
 the next batch); model construction and data building are excluded. Steps
 ``warmup + 1 .. warmup + steps`` are measured, for ``--repeats`` runs per trainer
-with alternating order. "tokens/s" is total tokens over total time; the ratio on
+with alternating order, after a few throwaway passes that warm the process up
+(allocator, thread pool) so the first trainer is not charged for it. "tokens/s" is total tokens over total time; the ratio on
 the last line uses the *median* step time, which shrugs off the stalls other
 processes cause on a shared machine (both agree on a quiet one). phiforge's
 self-reported speed (``metrics.jsonl``: per-step ``tokens_per_s``, timed inside
 ``_one_step``) is shown as a cross-check. As evidence that both loops really did
 the same work, the script prints both mean training losses and the largest
 parameter difference between the two trained models (0 means bit-identical).
+The "other load" column is the CPU (in cores) that other processes used during
+each trainer's runs; on a shared 2-core machine anything above ~0.1 makes the
+numbers unreliable, and the script says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -187,6 +193,7 @@ def measure(args: argparse.Namespace) -> dict:
     n_tokens = (args.warmup + args.steps + 1) * args.batch * (args.seq_len + 1)
     source = make_source(cfg.vocab_size, cfg.eos_token_id, n_tokens, doc_len=4 * args.seq_len)
     rows = hf_rows(source, args)
+    warm_process(cfg, rows, args)
     runs: dict[str, list[dict]] = {"phiforge": [], "hf": []}
     diffs = []
     for rep in range(args.repeats):
@@ -195,14 +202,61 @@ def measure(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             for which in order:
                 print(f"repeat {rep + 1}/{args.repeats}: {which} ...", flush=True)
-                if which == "phiforge":
-                    res, models[which] = run_phiforge(cfg, source, args, Path(tmp))
-                else:
-                    res, models[which] = run_hf(cfg, rows, args, Path(tmp))
-                runs[which].append(res)
+                gc.collect()  # free the previous run's trainer now, not in the middle of this one
+                with OtherLoad() as load:
+                    if which == "phiforge":
+                        res, models[which] = run_phiforge(cfg, source, args, Path(tmp))
+                    else:
+                        res, models[which] = run_hf(cfg, rows, args, Path(tmp))
+                runs[which].append({**res, "other_cores": load.cores})
         diffs.append(max_param_diff(models["phiforge"], models["hf"]))
     n_params = sum(p.numel() for p in models["hf"].parameters())
     return {"runs": runs, "max_param_diff": max(diffs), "n_params": n_params}
+
+
+def warm_process(cfg, rows: list[dict], args: argparse.Namespace, steps: int = 3) -> None:
+    """A few throwaway forward/backward passes before anything is timed.
+
+    The first training in a process pays extra for the allocator (about twice the
+    page faults) and thread-pool start-up for several steps; without this, whichever
+    trainer runs first, phiforge, is charged for it.
+    """
+    model = build_model(cfg, seed=SEED + 1)
+    batch = torch.stack([r["input_ids"] for r in rows[:args.batch]])
+    for _ in range(steps):
+        model(input_ids=batch, use_cache=False).logits.float().logsumexp(-1).mean().backward()
+        model.zero_grad(set_to_none=True)
+
+
+class OtherLoad:
+    """CPU cores that *other* processes (and hypervisor steal) used while a trainer ran.
+
+    On a shared 2-core box one busy neighbour can slow a 2-thread OpenMP run several
+    times over, so the table reports this next to the timings (Linux only, else None).
+    """
+
+    def __enter__(self):
+        self.cores, self._start = None, _cpu_counters()
+        return self
+
+    def __exit__(self, *exc):
+        end = _cpu_counters()
+        if self._start and end:
+            (busy0, own0, wall0), (busy1, own1, wall1) = self._start, end
+            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+        return False
+
+
+def _cpu_counters() -> tuple[float, float, float] | None:
+    """(machine busy CPU-seconds incl. steal, this process's CPU-seconds, wall seconds)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return busy, t.user + t.system, time.perf_counter()
 
 
 def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -211,28 +265,38 @@ def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max(float((p.detach() - sb[n].detach()).abs().max()) for n, p in a.named_parameters())
 
 
-def summarize(step_s: list[float], tokens_per_step: int) -> dict:
+def summarize(step_s: list[float], tokens_per_step: int, other: list[float | None]) -> dict:
     """Totals and medians over all measured steps (pooled across repeats)."""
     seconds, median = sum(step_s), statistics.median(step_s)
+    known = [c for c in other if c is not None]
     return {"steps": len(step_s), "tokens": len(step_s) * tokens_per_step, "seconds": seconds,
             "tokens_per_s": len(step_s) * tokens_per_step / seconds, "median_step_s": median,
-            "median_tokens_per_s": tokens_per_step / median}
+            "median_tokens_per_s": tokens_per_step / median, "other_cores_max": max(known) if known else None}
 
 
 def summaries(runs: dict[str, list[dict]], tokens_per_step: int) -> dict[str, dict]:
-    pool = lambda key, rs: [t for r in rs for t in r[key]]  # noqa: E731
-    return {"phiforge Trainer": summarize(pool("step_s", runs["phiforge"]), tokens_per_step),
-            "HF transformers.Trainer": summarize(pool("step_s", runs["hf"]), tokens_per_step),
-            "phiforge (self-reported)": summarize(pool("self_reported_step_s", runs["phiforge"]), tokens_per_step)}
+    """Table rows: both trainers by wall clock, and phiforge by its own metrics.jsonl."""
+    def pooled(key: str, which: str) -> list[float]:
+        return [t for r in runs[which] for t in r[key]]
+
+    def other(which: str) -> list[float | None]:
+        return [r["other_cores"] for r in runs[which]]
+
+    return {"phiforge Trainer": summarize(pooled("step_s", "phiforge"), tokens_per_step, other("phiforge")),
+            "HF transformers.Trainer": summarize(pooled("step_s", "hf"), tokens_per_step, other("hf")),
+            "phiforge (self-reported)": summarize(pooled("self_reported_step_s", "phiforge"), tokens_per_step,
+                                                  other("phiforge"))}
 
 
 def format_table(rows: dict[str, dict]) -> str:
+    """'other load' = max CPU cores busy outside this process during that trainer's runs."""
     head = (f"{'trainer':<26} {'steps':>5} {'tokens':>9} {'seconds':>8} {'tokens/s':>9} "
-            f"{'median s/step':>13} {'median tok/s':>12}")
+            f"{'median s/step':>13} {'median tok/s':>12} {'other load':>10}")
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
+        other = "n/a" if r["other_cores_max"] is None else f"{r['other_cores_max']:.2f}"
         lines.append(f"{name:<26} {r['steps']:>5} {r['tokens']:>9,} {r['seconds']:>8.2f} {r['tokens_per_s']:>9,.0f} "
-                     f"{r['median_step_s']:>13.3f} {r['median_tokens_per_s']:>12,.0f}")
+                     f"{r['median_step_s']:>13.3f} {r['median_tokens_per_s']:>12,.0f} {other:>10}")
     return "\n".join(lines)
 
 
@@ -243,17 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     measured = measure(args)
     rows = summaries(measured["runs"], args.batch * args.seq_len)
     pf, hf = rows["phiforge Trainer"], rows["HF transformers.Trainer"]
-    ratio, ratio_mean = pf["median_tokens_per_s"] / hf["median_tokens_per_s"], pf["tokens_per_s"] / hf["tokens_per_s"]
-    losses = [r["mean_train_loss"] for k in ("phiforge", "hf") for r in measured["runs"][k]]
-    print(f"\npreset={args.preset} ({measured['n_params'] / 1e6:.2f}M params) batch={args.batch} "
-          f"seq_len={args.seq_len} warmup={args.warmup} steps={args.steps} repeats={args.repeats} "
-          f"threads={measured['runs']['hf'][0]['threads']} hf_optim={args.hf_optim}")
-    print(format_table(rows))
-    print(f"same work: mean train loss phiforge {losses[0]:.6f} / HF {losses[args.repeats]:.6f}; "
-          f"max |param diff| after training {measured['max_param_diff']:.2e}")
-    print(f"ratio of total tokens/s (sensitive to other processes): {ratio_mean:.2f}x")
+    ratio, ratio_total = pf["median_tokens_per_s"] / hf["median_tokens_per_s"], pf["tokens_per_s"] / hf["tokens_per_s"]
+    print_summary(args, measured, rows, ratio_total)
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "n_params": measured["n_params"], "summary": rows, "ratio": ratio, "ratio_total": ratio_mean,
+              "n_params": measured["n_params"], "summary": rows, "ratio": ratio, "ratio_total": ratio_total,
               "max_param_diff": measured["max_param_diff"], "runs": measured["runs"], "environment": _environment()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -262,9 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _environment() -> dict:
-    import os
+def print_summary(args: argparse.Namespace, measured: dict, rows: dict[str, dict], ratio_total: float) -> None:
+    runs = measured["runs"]
+    loss = {k: statistics.fmean(r["mean_train_loss"] for r in runs[k]) for k in runs}
+    print(f"\npreset={args.preset} ({measured['n_params'] / 1e6:.2f}M params) batch={args.batch} "
+          f"seq_len={args.seq_len} warmup={args.warmup} steps={args.steps} repeats={args.repeats} "
+          f"threads={runs['hf'][0]['threads']} hf_optim={args.hf_optim}")
+    print(format_table(rows))
+    print(f"same work: mean train loss phiforge {loss['phiforge']:.6f} / HF {loss['hf']:.6f}; "
+          f"max |param diff| after training {measured['max_param_diff']:.2e}")
+    print(f"ratio of total tokens/s (sensitive to other processes): {ratio_total:.2f}x")
+    busy = max((r["other_cores_max"] or 0.0) for r in rows.values())
+    if busy > 0.15:
+        print(f"WARNING: other processes used up to {busy:.2f} CPU cores during a run (column 'other load'); "
+              f"timings are unreliable, rerun on an idle machine")
 
+
+def _environment() -> dict:
     import transformers
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

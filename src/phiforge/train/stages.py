@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from phiforge.data.records import write_json
@@ -36,8 +37,7 @@ def eval_sets(valid: dict[str, TokenSource], seq_len: int, n: int, seed: int) ->
     for name, src in valid.items():
         if src.n_chunks(seq_len) >= 1:
             k = min(n, src.n_chunks(seq_len))
-            out[name] = torch.from_numpy(__import__("numpy").stack(
-                [src.chunk(i, seq_len, seed) for i in range(k)]).astype("int64"))
+            out[name] = torch.from_numpy(np.stack([src.chunk(i, seq_len, seed) for i in range(k)]).astype(np.int64))
     return out
 
 
