@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+import phiforge
 from phiforge.report import SECTIONS, RunView, build_report, register_section
 from phiforge.report import html as report_html
 
@@ -77,7 +78,7 @@ def test_full_report_is_one_self_contained_file(full_run):
     assert not re.search(r'(src|href)="(?!data:)', html)  # nothing loaded from outside
     for stage in ORDER:
         assert f"<td>{stage}</td>" in html
-    assert "phiforge 0.1.0" in html or "phiforge " in html
+    assert f"phiforge {phiforge.__version__}" in html and "generated 2" in html
     for number in ("123,457", "987,654", "409,600", "3.32", "40.0%", "55,555", "1,024,000"):
         assert number in html, number
     assert html.count('<img class="plot" alt=') == 2

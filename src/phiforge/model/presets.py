@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(num_hidden_layers=6, hidden_size=512, intermediate_size=1408,
                   num_attention_heads=8, num_key_value_heads=4, vocab_size=8192,
                   max_position_embeddings=2048, rope_theta=10000.0),
-    "tiny": dict(num_hidden_layers=6, hidden_size=256, intermediate_size=704,
+    "tiny": dict(num_hidden_layers=4, hidden_size=256, intermediate_size=704,
                  num_attention_heads=8, num_key_value_heads=4, vocab_size=2048,
                  max_position_embeddings=1024, rope_theta=10000.0),
 }
