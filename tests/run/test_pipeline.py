@@ -33,7 +33,10 @@ def test_shortened_tiny_run_end_to_end(fast_overrides):
         model_dir = run_dir / stage / "model"
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
     mid_cfg = json.loads((run_dir / "midtrain" / "model" / "config.json").read_text())
-    assert mid_cfg["rope_parameters"]["rope_theta"] == 250000.0 and mid_cfg["max_position_embeddings"] >= 128
+    pre_cfg = json.loads((run_dir / "pretrain" / "model" / "config.json").read_text())
+    want = load_recipe(ROOT / "recipes" / "tiny.toml").midtrain.rope_theta
+    assert pre_cfg["rope_parameters"]["rope_theta"] == 10000.0 < want
+    assert mid_cfg["rope_parameters"]["rope_theta"] == want and mid_cfg["max_position_embeddings"] >= 128
     ev = json.loads((run_dir / "eval" / "stats.json").read_text())
     assert set(ev["models"]) == {"pretrain", "midtrain"} and ev["n_items"] == 16
     assert 0.0 <= ev["models"]["midtrain"]["accuracy"] <= 1.0
