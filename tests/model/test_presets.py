@@ -64,3 +64,23 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
         load_hf_model(tmp_path / "llama")
     with pytest.raises(CheckpointError, match="no config.json"):
         load_hf_model(tmp_path / "missing")
+
+
+def test_export_with_tokenizer_is_portable(tmp_path):
+    from transformers import AutoTokenizer
+
+    from phiforge.tokenize import render_chat, train_bpe
+
+    tok = train_bpe(["Problem: Sam has 3 apples. Answer: 3"] * 50, vocab_size=300)
+    cfg = presets.build_config("tiny", {"vocab_size": len(tok), "num_hidden_layers": 1, "hidden_size": 32,
+                                        "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2})
+    export_hf_model(presets.build_model(cfg, seed=0), tok, tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast" and "chat_template" in saved
+    assert saved["model_max_length"] == cfg.max_position_embeddings
+    again = AutoTokenizer.from_pretrained(tmp_path / "m")
+    msgs = [{"role": "user", "content": "hi"}]
+    assert again.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+        render_chat(msgs, add_generation_prompt=True)
+    ids = again("<|im_start|>", add_special_tokens=False)["input_ids"]
+    assert ids == [tok.convert_tokens_to_ids("<|im_start|>")]

@@ -116,3 +116,14 @@ def test_only_needs_finished_inputs(fast_overrides):
         pipeline.run_pipeline(recipe, only="pretrain", log=lambda m: None)
     with pytest.raises(StageError, match="unknown stage"):
         pipeline.run_pipeline(recipe, only="nonsense", log=lambda m: None)
+
+
+def test_phi4_tokenizer_run_saves_phi4_ids(fast_overrides):
+    overrides = fast_overrides + ["tokenizer.kind=phi4", "pretrain.max_steps=2", "midtrain.enabled=false",
+                                  "eval.models=['pretrain']", "eval.max_items=2", "report.enabled=false"]
+    run_dir, _ = _run(overrides)
+    cfg = json.loads((run_dir / "pretrain" / "model" / "config.json").read_text())
+    assert cfg["vocab_size"] == 100352 and cfg["eos_token_id"] == 100257 and cfg["pad_token_id"] == 100349
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(run_dir / "pretrain" / "model")
+    assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<|im_sep|>"]) == [100264, 100265, 100266]

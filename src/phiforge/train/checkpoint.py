@@ -76,6 +76,7 @@ def export_hf_model(model, tokenizer, path: Path) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+        _portable_tokenizer_config(tmp, model.config.max_position_embeddings)
     _add_legacy_rope_theta(tmp / "config.json")
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -89,6 +90,28 @@ def _add_legacy_rope_theta(config_path: Path) -> None:
     if theta is not None and "rope_theta" not in cfg:
         cfg["rope_theta"] = theta
         config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def _portable_tokenizer_config(folder: Path, max_length: int) -> None:
+    """Make ``tokenizer_config.json`` loadable by transformers 4.x and vLLM as well as 5.x.
+
+    transformers 5 writes ``tokenizer_class: TokenizersBackend``, a list-valued
+    ``extra_special_tokens`` and the chat template only in ``chat_template.jinja``;
+    older loaders know none of these. We write the portable equivalents.
+    """
+    path = folder / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = cfg.pop("extra_special_tokens", None)
+    if isinstance(extra, list):
+        cfg["additional_special_tokens"] = extra
+    elif extra:
+        cfg["extra_special_tokens"] = extra
+    template = folder / "chat_template.jinja"
+    if template.is_file():
+        cfg["chat_template"] = template.read_text()
+    cfg["model_max_length"] = int(max_length)
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
 
 
 def load_hf_model(path: str | Path, device: str = "cpu"):

@@ -1,0 +1,25 @@
+"""The full tiny recipe (the main job) learns: slow, run in CI with `make test-slow`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phiforge.recipe import load_recipe
+from phiforge.run import pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_full_tiny_recipe_beats_trivial_baselines(tmp_path):
+    recipe = load_recipe(ROOT / "recipes" / "tiny.toml", [f"run.out_dir={tmp_path}"])
+    run_dir = pipeline.run_pipeline(recipe, log=print)
+    ev = json.loads((run_dir / "eval" / "stats.json").read_text())
+    trivial = max(ev["baselines"].values())
+    # Measured 43% / 53% against a 5% trivial baseline; thresholds leave room for
+    # floating-point differences between machines.
+    assert ev["models"]["pretrain"]["accuracy"] >= max(0.25, 4 * trivial)
+    assert ev["models"]["midtrain"]["accuracy"] >= max(0.25, 4 * trivial)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert all(s["status"] == "done" for s in run["stages"].values())
