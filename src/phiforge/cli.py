@@ -52,6 +52,9 @@ def split_args(args: list[str]) -> tuple[Path | None, list[str]]:
             raise PhiforgeError(f"unexpected argument {a!r}: give one recipe file, then key=value overrides")
     if recipe is None and DEFAULT_RECIPE.is_file():
         recipe = DEFAULT_RECIPE
+    elif recipe is None:
+        print(f"phiforge: no recipe given and no {DEFAULT_RECIPE} here; using the built-in defaults",
+              file=sys.stderr)
     return recipe, overrides
 
 

@@ -135,7 +135,7 @@ class TrainSection(Section):
 
 
 class PretrainSection(TrainSection):
-    max_steps: int = Field(400, ge=1)
+    max_steps: int = Field(500, ge=1)
     micro_batch_size: int = Field(16, ge=1)
     seq_len: int = Field(256, ge=8)
     lr: float | None = Field(3e-3, gt=0, description="peak LR (the report's 3e-4 is for 14B)")
@@ -145,12 +145,12 @@ class PretrainSection(TrainSection):
 class MidtrainSection(TrainSection):
     """Long-context midtraining (report §3.3): RoPE base up, context up, LR / 10, 30% long data."""
 
-    max_steps: int = Field(60, ge=1)
-    micro_batch_size: int = Field(8, ge=1)
+    max_steps: int = Field(100, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
     seq_len: int = Field(512, ge=8)
     lr: float | None = Field(None, gt=0, description="None = pretrain.lr * lr_scale")
     lr_scale: float = Field(0.1, gt=0)
-    warmup_steps: int = Field(5, ge=0)
+    warmup_steps: int = Field(10, ge=0)
     rope_theta: float = Field(250000.0, gt=0)
     long_fraction: float = Field(0.3, gt=0, le=1, description="share of newly curated long data; the rest replays pretraining")
 
