@@ -299,6 +299,8 @@ def _stage_numbers(view: RunView, name: str, entry: dict) -> tuple[Any, Any, Any
     """(status, wall_s, peak_rss_mb) from run.json, falling back to ``<stage>/stats.json``."""
     stats = as_dict(view.json(f"{name}/stats.json")) if _SAFE_NAME.match(name) else {}
     status = entry.get("status") or ("done" if stats else "not run")
+    if name == "report" and status == "running":
+        status = "writing"  # this very page is being written by the report stage
     wall = entry.get("wall_s") if entry.get("wall_s") is not None else stats.get("wall_s")
     peak = entry.get("peak_rss_mb") if entry.get("peak_rss_mb") is not None else stats.get("peak_rss_mb")
     return status, wall, peak
@@ -407,6 +409,7 @@ def evaluation(view: RunView) -> str:
     if not isinstance(stats, dict):
         return section("evaluation", "Evaluation", not_run("no eval/stats.json"))
     models = {str(k): as_dict(v) for k, v in as_dict(stats.get("models")).items()}
+    models = dict(sorted(models.items(), key=lambda kv: _pipeline_rank(kv[0])))
     steps = sorted({str(k) for m in models.values() for k in as_dict(m.get("accuracy_by_steps"))}, key=_step_key)
     headers = ["model", "n", "accuracy", "95% CI", "extraction failures"] + [f"{k}-step acc." for k in steps]
     rows = [[name, fmt_int(m.get("n")), fmt_pct(m.get("accuracy")), _ci(m.get("accuracy_ci95")),
@@ -447,11 +450,19 @@ def _examples(view: RunView, model: str) -> str:
                                  cls="examples")
 
 
+def _pipeline_rank(name: str) -> tuple[int, str]:
+    """Order checkpoints as the pipeline made them (pretrain before midtrain), others after."""
+    order = list(DEFAULT_ORDER)
+    return (order.index(name) if name in order else len(order), name)
+
+
 def _or_dash(x: Any) -> Any:
     return "—" if x is None else x
 
 
 def _correct(flag: Any) -> Raw:
+    if isinstance(flag, int) and not isinstance(flag, bool) and flag in (0, 1):
+        flag = bool(flag)  # the eval stage writes 0/1
     if flag is True:
         return Raw('<span class="badge status-done">✓ yes</span>')
     if flag is False:
@@ -502,7 +513,7 @@ pre.config { max-height: 40em; overflow: auto; }
 img.plot { max-width: 100%; border: 1px solid var(--line); border-radius: 4px; }
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; font-size: 0.85em; background: #e8ebef; }
 .status-done { background: #dcf3e3; color: #176c34; } .status-failed { background: #fbe0e0; color: #a11d1d; }
-.status-skipped { background: #eef0f3; color: #5f6b7a; } .status-pending, .status-running { background: #fff3d6; color: #8a5a00; }
+.status-skipped { background: #eef0f3; color: #5f6b7a; } .status-writing { background: #e3f4e8; color: #1e6b3a; } .status-pending, .status-running { background: #fff3d6; color: #8a5a00; }
 .status-not-run { background: #eef0f3; color: #8792a2; }
 .warn { background: #fff6e0; border: 1px solid #f0c36d; border-left: 5px solid #e0a020; border-radius: 4px;
         padding: 8px 12px; margin: 14px 0; }
