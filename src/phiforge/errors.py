@@ -24,3 +24,7 @@ class CheckpointError(PhiforgeError):
 
 class StageError(PhiforgeError):
     """A stage cannot run, e.g. its inputs from an earlier stage are missing."""
+
+
+class BackendError(PhiforgeError):
+    """A model server failed (after retries) or cannot do what was asked; names the endpoint."""
