@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import platform
 import random
 import statistics
@@ -54,6 +53,7 @@ from phiforge.backends.base import SamplingParams
 from phiforge.backends.local import LocalBackend
 from phiforge.model.presets import build_config, build_model
 from phiforge.tokenize import train_bpe
+from phiforge.testing.load import OtherLoad
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prefix_reuse.json"
 SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
@@ -163,32 +163,6 @@ def single_vs_batched(model, tok, args) -> dict:
         out[name] = {"seconds": seconds, "tokens_per_s": new_tokens / seconds, "other_cores": load.cores}
     out["speedup"] = out["single"]["seconds"] / out["batched"]["seconds"]
     return out
-
-
-class OtherLoad:
-    """CPU cores that other processes (and hypervisor steal) used meanwhile (Linux; else None)."""
-
-    def __enter__(self):
-        self.cores, self._start = None, _cpu_counters()
-        return self
-
-    def __exit__(self, *exc):
-        end = _cpu_counters()
-        if self._start and end:
-            (busy0, own0, wall0), (busy1, own1, wall1) = self._start, end
-            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
-        return False
-
-
-def _cpu_counters() -> tuple[float, float, float] | None:
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-    t = os.times()
-    return busy, t.user + t.system, time.perf_counter()
 
 
 def main(argv: list[str] | None = None) -> int:

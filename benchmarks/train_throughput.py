@@ -71,6 +71,7 @@ from phiforge.model.presets import build_config, build_model
 from phiforge.train.mixture import MixtureSampler
 from phiforge.train.packing import TokenSource
 from phiforge.train.trainer import Trainer, TrainSpec, causal_lm_loss, read_metrics
+from phiforge.testing.load import OtherLoad
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 SEED = 0
@@ -226,37 +227,6 @@ def warm_process(cfg, rows: list[dict], args: argparse.Namespace, steps: int = 3
     for _ in range(steps):
         model(input_ids=batch, use_cache=False).logits.float().logsumexp(-1).mean().backward()
         model.zero_grad(set_to_none=True)
-
-
-class OtherLoad:
-    """CPU cores that *other* processes (and hypervisor steal) used while a trainer ran.
-
-    On a shared 2-core box one busy neighbour can slow a 2-thread OpenMP run several
-    times over, so the table reports this next to the timings (Linux only, else None).
-    """
-
-    def __enter__(self):
-        self.cores, self._start = None, _cpu_counters()
-        return self
-
-    def __exit__(self, *exc):
-        end = _cpu_counters()
-        if self._start and end:
-            (busy0, own0, wall0), (busy1, own1, wall1) = self._start, end
-            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
-        return False
-
-
-def _cpu_counters() -> tuple[float, float, float] | None:
-    """(machine busy CPU-seconds incl. steal, this process's CPU-seconds, wall seconds)."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
-    except (OSError, ValueError):
-        return None
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-    t = os.times()
-    return busy, t.user + t.system, time.perf_counter()
 
 
 def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
