@@ -1,7 +1,6 @@
 """ManagedServer with a real process (python -m http.server) standing in for a model server."""
 
 import os
-import signal
 import sys
 import urllib.request
 
