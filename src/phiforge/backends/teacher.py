@@ -117,8 +117,9 @@ def _package_root(spec) -> Path | None:
 
 
 def default_cache_root() -> Path:
-    """``$PHIFORGE_CACHE``, by default ``~/.cache/phiforge`` (as in ``tokenize.phi4``)."""
-    return Path(os.environ.get("PHIFORGE_CACHE") or Path.home() / ".cache" / "phiforge")
+    """``$PHIFORGE_CACHE``, by default ``~/.cache/phiforge`` (shared with ``tokenize.phi4``)."""
+    from phiforge.cachedir import cache_root
+    return cache_root()
 
 
 def teacher_model_dir(cache_dir: str | Path | None = None) -> Path:

@@ -193,8 +193,8 @@ def check_phi4_layout(tok) -> None:
 
 def default_cache_dir() -> Path:
     """``$PHIFORGE_CACHE/tokenizers/phi4``, by default under ``~/.cache/phiforge``."""
-    root = os.environ.get("PHIFORGE_CACHE") or Path.home() / ".cache" / "phiforge"
-    return Path(root) / "tokenizers" / "phi4"
+    from phiforge.cachedir import cache_root
+    return cache_root() / "tokenizers" / "phi4"
 
 
 def phi4_tokenizer(cache_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
