@@ -3,6 +3,8 @@
     phiforge run [RECIPE] [--dry-run] [--only STAGE] [--from STAGE] [key=value ...]
     phiforge pretrain [RECIPE] [--dry-run] [key=value ...]     # = run --only pretrain
     phiforge presets                                           # model presets and sizes
+    phiforge models [RECIPE] [--check]                         # the recipe's models by role
+    phiforge serve-teacher [--port N]                          # the bundled teacher behind llama.cpp
 
 With no RECIPE, ``recipes/tiny.toml`` (the CPU default) is used. Overrides take
 the form ``section.key=value`` (e.g. ``pretrain.max_steps=50``). User errors print
@@ -31,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in STAGE_COMMANDS:
         _add_recipe_args(sub.add_parser(name, help=f"run only the '{name}' stage of a recipe"))
     sub.add_parser("presets", help="list the model presets with parameter counts")
+    models = sub.add_parser("models", help="show the recipe's models by role; --check asks each for a reply")
+    _add_recipe_args(models)
+    models.add_argument("--check", action="store_true", help="open each model and sample one short reply")
+    serve = sub.add_parser("serve-teacher", help="serve the bundled teacher with llama.cpp's OpenAI-compatible "
+                                                 "server until Ctrl-C")
+    serve.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    serve.add_argument("--n-ctx", type=int, default=4096)
     return parser
 
 
@@ -81,9 +90,15 @@ def _dispatch(args) -> int:
         from phiforge.run.plan import print_presets
         print_presets()
         return 0
+    if args.command == "serve-teacher":
+        from phiforge.backends.commands import serve_teacher
+        return serve_teacher(port=args.port, n_ctx=args.n_ctx)
     from phiforge.recipe import load_recipe
     recipe_path, overrides = split_args(args.args)
     recipe = load_recipe(recipe_path, overrides)
+    if args.command == "models":
+        from phiforge.backends.commands import show_models
+        return show_models(recipe, check=args.check, dry_run=args.dry_run)
     only = args.command if args.command in STAGE_COMMANDS else args.only
     start = getattr(args, "start", None)
     if args.dry_run:

@@ -21,6 +21,8 @@ degrades where it must:
   ``score`` goes to a local scorer backend if one is given, else fails clearly.
 
 vLLM supports all of these: that is the fast path (``profile="vllm"``).
+``profile="auto"`` asks the server instead of trusting a name
+(``phiforge.backends.probe``): six tiny requests, once, at the first call.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from phiforge.backends.base import Completion, Prompt, SampleResult, SamplingParams, Usage
 from phiforge.backends.cache import RequestCache, request_key
@@ -55,6 +57,7 @@ PROFILES = {
 }
 
 RETRY_STATUS = {408, 409, 425, 429}
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,15 @@ class HTTPBackend:
     def __init__(self, base_url: str, model: str, *, profile: str | ServerProfile = "vllm",
                  api_key_env: str | None = None, concurrency: int = 8, max_retries: int = 6,
                  backoff_base: float = 0.5, backoff_max: float = 30.0, timeout: float = 120.0,
-                 cache_path: str | Path | None = None, tokenizer=None, scorer=None, name: str | None = None):
+                 cache_path: str | Path | None = None, tokenizer=None, scorer=None, name: str | None = None,
+                 progress: Progress | None = None):
         self.base_url = base_url.rstrip("/")
         self.model, self.name = model, name or f"http:{model}"
-        if isinstance(profile, str) and profile not in PROFILES:
-            raise ConfigError(f"server profile {profile!r} unknown; choose one of {sorted(PROFILES)}")
-        self.profile = PROFILES[profile] if isinstance(profile, str) else profile
+        if isinstance(profile, str) and profile != "auto" and profile not in PROFILES:
+            raise ConfigError(f"server profile {profile!r} unknown; choose 'auto' or one of {sorted(PROFILES)}")
+        self._profile = PROFILES.get(profile) if isinstance(profile, str) else profile
+        self.probe_report = None  # set when profile="auto" has probed the server
+        self.progress = progress
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not self.api_key:
             raise ConfigError(f"environment variable {api_key_env} is not set; export the API key there")
@@ -90,11 +96,24 @@ class HTTPBackend:
     def usage(self) -> Usage:
         return self._usage
 
+    @property
+    def profile(self) -> ServerProfile:
+        """The server's features: as configured, or probed once (``profile="auto"``)."""
+        if self._profile is None:
+            from phiforge.backends.probe import probe_server
+
+            self.probe_report = probe_server(self.base_url, self.model, headers=self._headers(),
+                                             tokenizer=self.tokenizer, timeout=self.timeout)
+            self._profile = self.probe_report.profile()
+        return self._profile
+
     # -- sampling -----------------------------------------------------------
-    def sample(self, prompts: Sequence[Prompt], params: SamplingParams) -> SampleResult:
+    def sample(self, prompts: Sequence[Prompt], params: SamplingParams,
+               progress: Progress | None = None) -> SampleResult:
+        """``params.n`` completions per prompt; ``progress(done, total)`` counts finished requests."""
         requests = [r for i, p in enumerate(prompts) for r in self._requests(i, p, params)]
         t0 = time.perf_counter()
-        responses, usage = asyncio.run(self._run_all(requests))
+        responses, usage = asyncio.run(self._run_all(requests, progress or self.progress))
         usage.seconds = time.perf_counter() - t0
         self._usage.add(usage)
         out: list[list[Completion]] = [[] for _ in prompts]
@@ -152,14 +171,23 @@ class HTTPBackend:
         return text
 
     # -- transport ------------------------------------------------------------
-    async def _run_all(self, requests: list[_Request]) -> tuple[list[dict], Usage]:
+    async def _run_all(self, requests: list[_Request], progress: Progress | None = None) -> tuple[list[dict], Usage]:
         import httpx
 
         usage = Usage()
         sem = asyncio.Semaphore(self.concurrency)
+        done = [0]
+
+        async def tracked(client, req):
+            try:
+                return await self._one(client, sem, req, usage)
+            finally:
+                done[0] += 1
+                if progress is not None:
+                    progress(done[0], len(requests))
+
         async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
-            results = await asyncio.gather(*(self._one(client, sem, r, usage) for r in requests),
-                                           return_exceptions=True)
+            results = await asyncio.gather(*(tracked(client, r) for r in requests), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             done = len(results) - len(errors)
@@ -239,20 +267,25 @@ class HTTPBackend:
         if not self.profile.prompt_logprobs:
             raise BackendError(f"{self.base_url}: this server's prompt log-probs are not trustworthy "
                                "(e.g. llama.cpp's echo is shifted by one token); pass scorer=LocalBackend(...)")
-        return [self._score_one(list(p), list(c)) for p, c in zip(prompt_ids, continuation_ids)]
-
-    def _score_one(self, prompt: list[int], cont: list[int]) -> list[float]:
-        payload = {"model": self.model, "prompt": prompt + cont, "max_tokens": 1, "echo": True,
-                   "logprobs": 1, "temperature": 0.0}
-        body, _ = asyncio.run(self._run_all([_Request(0, 0, "/v1/completions", payload)]))
-        lps = body[0]["choices"][0]["logprobs"]["token_logprobs"]
-        return [float(x) for x in lps[len(prompt):len(prompt) + len(cont)]]
+        pairs = [(list(p), list(c)) for p, c in zip(prompt_ids, continuation_ids)]
+        requests = [_Request(i, 0, "/v1/completions", {
+            "model": self.model, "prompt": self._prompt_field(p + c), "max_tokens": 1, "echo": True,
+            "logprobs": 1, "temperature": 0.0}) for i, (p, c) in enumerate(pairs)]
+        bodies, usage = asyncio.run(self._run_all(requests))
+        self._usage.add(usage)
+        return [_echoed(body, len(p), len(c)) for body, (p, c) in zip(bodies, pairs)]
 
     def chat_prompt(self, messages, add_generation_prompt: bool = True) -> list[int]:
         if self.tokenizer is None:
             raise BackendError(f"{self.name}: chat_prompt needs the model's tokenizer")
         return list(self.tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=False,
                                                        add_generation_prompt=add_generation_prompt))
+
+
+def _echoed(body: dict, start: int, count: int) -> list[float]:
+    """The echoed log-probs of tokens ``start .. start + count`` of the prompt."""
+    lps = body["choices"][0]["logprobs"]["token_logprobs"]
+    return [float(x) for x in lps[start:start + count]]
 
 
 def _is_messages(prompt: Any) -> bool:

@@ -35,12 +35,12 @@ def free_port() -> int:
 class ManagedServer:
     """A server subprocess (own process group) with health wait and guaranteed stop.
 
-    ``command`` may contain ``{port}``; it is filled with a free port.
+    ``command`` may contain ``{port}``; it is filled with ``port``, by default a free one.
     """
 
     def __init__(self, command: Sequence[str], health_path: str = "/health", startup_timeout: float = 120.0,
-                 env: dict | None = None, name: str = "server"):
-        self.port = free_port()
+                 env: dict | None = None, name: str = "server", port: int | None = None):
+        self.port = port or free_port()
         self.command = [c.replace("{port}", str(self.port)) for c in command]
         self.health_path, self.startup_timeout, self.name = health_path, startup_timeout, name
         self.env = env
@@ -107,6 +107,10 @@ class ManagedServer:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait(timeout=grace)
+
+    def wait(self) -> int:
+        """Block until the server exits (e.g. to serve in the foreground); returns its exit code."""
+        return self.proc.wait() if self.proc is not None else 0
 
     def __enter__(self) -> "ManagedServer":
         return self.start()

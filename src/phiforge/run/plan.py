@@ -134,4 +134,14 @@ def print_presets(out: Callable[[str], None] = print) -> None:
             f"{p['max_position_embeddings']:>6} {n / 1e6:>9.2f}M")
 
 
-PLAN_SECTIONS: list[Callable] = [stages_section, data_section, model_section, budget_section]
+def models_section(recipe: Recipe, run_dir: Path, only, start) -> str:
+    """Which model each role uses (teacher, judge, ...): nothing is loaded or started."""
+    lines = ["models (by role):"]
+    for role in recipe.models.roles():
+        ref = recipe.models.get(role)
+        same = " (= teacher)" if role == "judge" and recipe.models.judge is None else ""
+        lines.append(f"  {role:<10} {ref.describe()}{same}")
+    return "\n".join(lines)
+
+
+PLAN_SECTIONS: list[Callable] = [stages_section, data_section, model_section, budget_section, models_section]
