@@ -30,6 +30,10 @@ class RequestCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: each write is safe against a crash of this process (what a
+        # resumed stage needs) without an fsync per request; only an OS crash can
+        # lose the last few responses, which are then simply asked again.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
         self.hits = 0
         self.misses = 0

@@ -17,7 +17,7 @@ degrades where it must:
   ids exactly the call fails rather than silently scoring other tokens;
 * no ``n`` (llama.cpp ignores it) → ``n`` separate requests, seeds ``seed + i``;
 * no list-of-prompts batches (llama.cpp: HTTP 500) → one request per prompt;
-* no trustworthy prompt log-probs (llama.cpp's ``echo`` is shifted by one) →
+* no trustworthy prompt log-probs (llama.cpp's ``echo`` values match the model's at no offset) →
   ``score`` goes to a local scorer backend if one is given, else fails clearly.
 
 vLLM supports all of these: that is the fast path (``profile="vllm"``).
@@ -28,8 +28,10 @@ vLLM supports all of these: that is the fast path (``profile="vllm"``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +93,20 @@ class HTTPBackend:
         self.cache = RequestCache(cache_path) if cache_path else None
         self.tokenizer, self.scorer = tokenizer, scorer
         self._usage = Usage()
+        self._loop = _LoopThread()
+
+    def close(self) -> None:
+        """Close pooled connections and the event-loop thread (idempotent; also done at exit)."""
+        self._loop.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    def __enter__(self) -> "HTTPBackend":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
     @property
     def usage(self) -> Usage:
@@ -113,7 +129,7 @@ class HTTPBackend:
         """``params.n`` completions per prompt; ``progress(done, total)`` counts finished requests."""
         requests = [r for i, p in enumerate(prompts) for r in self._requests(i, p, params)]
         t0 = time.perf_counter()
-        responses, usage = asyncio.run(self._run_all(requests, progress or self.progress))
+        responses, usage = self._loop.run(self._run_all(requests, progress or self.progress))
         usage.seconds = time.perf_counter() - t0
         self._usage.add(usage)
         out: list[list[Completion]] = [[] for _ in prompts]
@@ -186,8 +202,9 @@ class HTTPBackend:
                 if progress is not None:
                     progress(done[0], len(requests))
 
-        async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
-            results = await asyncio.gather(*(tracked(client, r) for r in requests), return_exceptions=True)
+        client = self._loop.client(lambda: httpx.AsyncClient(timeout=self.timeout, headers=self._headers(),
+                                                             limits=httpx.Limits(max_connections=self.concurrency)))
+        results = await asyncio.gather(*(tracked(client, r) for r in requests), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             done = len(results) - len(errors)
@@ -266,12 +283,12 @@ class HTTPBackend:
             return self.scorer.score(prompt_ids, continuation_ids)
         if not self.profile.prompt_logprobs:
             raise BackendError(f"{self.base_url}: this server's prompt log-probs are not trustworthy "
-                               "(e.g. llama.cpp's echo is shifted by one token); pass scorer=LocalBackend(...)")
+                               "(e.g. llama.cpp's echoed log-probs are wrong); pass scorer=LocalBackend(...)")
         pairs = [(list(p), list(c)) for p, c in zip(prompt_ids, continuation_ids)]
         requests = [_Request(i, 0, "/v1/completions", {
             "model": self.model, "prompt": self._prompt_field(p + c), "max_tokens": 1, "echo": True,
             "logprobs": 1, "temperature": 0.0}) for i, (p, c) in enumerate(pairs)]
-        bodies, usage = asyncio.run(self._run_all(requests))
+        bodies, usage = self._loop.run(self._run_all(requests))
         self._usage.add(usage)
         return [_echoed(body, len(p), len(c)) for body, (p, c) in zip(bodies, pairs)]
 
@@ -280,6 +297,61 @@ class HTTPBackend:
             raise BackendError(f"{self.name}: chat_prompt needs the model's tokenizer")
         return list(self.tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=False,
                                                        add_generation_prompt=add_generation_prompt))
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, with one pooled ``httpx.AsyncClient``, for all calls.
+
+    Why not ``asyncio.run`` per call: a fresh loop and client per ``sample`` costs a
+    new TCP connection and loop set-up every time, and ``asyncio.run`` refuses to
+    run inside an already running loop (Jupyter, async servers, Ray async actors).
+    Here calls are submitted to the thread's loop and the caller blocks on the
+    result; connections are kept alive between calls. A forked child (multiprocessing)
+    gets its own thread on first use, since threads do not survive ``fork``.
+    """
+
+    def __init__(self):
+        self._loop, self._thread, self._client, self._pid = None, None, None, None
+        self._lock = threading.Lock()
+
+    def run(self, coro):
+        loop = self._ensure()
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def client(self, make):
+        """The pooled client (made on the loop thread on first use)."""
+        if self._client is None:
+            self._client = make()
+        return self._client
+
+    def _ensure(self):
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                self._loop, self._client, self._pid = asyncio.new_event_loop(), None, os.getpid()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="phiforge-http", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+            return self._loop
+
+    def close(self) -> None:
+        with self._lock:
+            loop, client, self._loop, self._client = self._loop, self._client, None, None
+            if loop is None or self._pid != os.getpid():
+                return
+            atexit.unregister(self.close)
+        if client is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=5)
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=5)
+        loop.close()
 
 
 def _echoed(body: dict, start: int, count: int) -> list[float]:

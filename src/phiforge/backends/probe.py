@@ -2,7 +2,8 @@
 
 Servers that claim OpenAI compatibility differ in exactly the features the recipe
 leans on (measured with llama-cpp-python 0.3.36's server: token-id prompts fail,
-``n`` is ignored, ``echo`` prompt log-probs are shifted by one token; vLLM does all
+``n`` is ignored, ``echo`` prompt log-probs are wrong: -8 to -11 nats for tokens the
+model itself gives -0.2 to -1.8, at every offset; vLLM does all
 of them). Trusting a name is fragile across versions, so ``profile = "auto"``
 runs six tiny requests once per backend and builds the ``ServerProfile`` from
 the answers:
@@ -13,8 +14,9 @@ the answers:
 * **prompt log-probs**: a greedy continuation ``G`` of a prompt ``P`` is generated
   with its log-probs; then ``P + G`` is sent with ``echo`` and the echoed
   log-probs of ``G``'s tokens must equal the generated ones (to 0.05 nats).
-  Equal one position later means the server's echo is shifted (llama.cpp):
-  prompt scoring is then not trusted and ``score`` goes to a local scorer.
+  Equal one position off means the echo is shifted; equal nowhere means it is
+  wrong (llama.cpp 0.3.36). Either way prompt scoring is not trusted and
+  ``score`` goes to a local scorer.
 
 Every probe is a single attempt with a short timeout: a server that errors on a
 feature does not support it. A server that answers nothing at all is an error.

@@ -46,6 +46,8 @@ def open_backend(ref, *, run_dir: Path | None = None, role: str = "model", progr
             backend = _http(ref, ref.base_url, ref.model, run_dir, role, progress, _tokenizer(ref.tokenizer))
         else:
             backend = _llamacpp(ref, run_dir, role, progress, stack)
+        if hasattr(backend, "close"):
+            stack.callback(backend.close)  # runs before a server this block started is stopped
         yield backend
 
 
@@ -135,7 +137,7 @@ def _llamacpp(ref, run_dir: Path | None, role: str, progress, stack: contextlib.
 class _LazyTeacherScorer:
     """``score`` for the llama.cpp-served bundled teacher, on the same weights loaded locally.
 
-    llama.cpp's echoed prompt log-probs are shifted by one token (``probe``), so exact
+    llama.cpp's echoed prompt log-probs are wrong (``probe``), so exact
     scoring goes to ``LocalBackend`` on the dequantised weights of the same GGUF,
     loaded at the first ``score`` call only.
     """

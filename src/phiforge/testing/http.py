@@ -66,6 +66,9 @@ class ScriptedOpenAIServer(_Server):
 
 
 class _ScriptedHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
     def log_message(self, *args):
         pass
 
