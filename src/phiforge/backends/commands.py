@@ -16,7 +16,7 @@ def show_models(recipe, check: bool = False, dry_run: bool = False, out=print) -
     for role in recipe.models.roles():
         ref = recipe.models.get(role)
         out(f"{role:<10} {ref.describe()}")
-        if check and not dry_run:
+        if check and not dry_run and not (role == "policy" and recipe.models.policy is None):
             _check(role, ref, run_dir_for(recipe), out)
     return 0
 

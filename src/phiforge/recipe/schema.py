@@ -223,29 +223,34 @@ class ModelsSection(Section):
 
     teacher: ModelRef = ModelRef()
     judge: ModelRef | None = Field(None, description="None = the teacher")
+    policy: ModelRef | None = Field(None, description="the model being trained, when a stage samples from it "
+                                    "(PTS rollouts, plurality with the student); None = this run's "
+                                    "latest trained model")
     others: dict[str, ModelRef] = Field(default_factory=dict, description="more named models, e.g. extra "
                                         "candidate generators for judge-guided DPO")
 
     @model_validator(mode="after")
     def _names(self):
-        clash = sorted({"teacher", "judge"} & set(self.others))
+        clash = sorted({"teacher", "judge", "policy"} & set(self.others))
         if clash:
             raise ValueError(f"models.others may not reuse the role names {clash}; set [models.{clash[0]}]")
         return self
 
-    def get(self, role: str) -> ModelRef:
-        """The model for ``role``; the judge falls back to the teacher."""
+    def get(self, role: str, latest_trained_stage: str = "midtrain") -> ModelRef:
+        """The model for ``role``; the judge falls back to the teacher, the policy to the run's model."""
         if role == "teacher":
             return self.teacher
         if role == "judge":
             return self.judge or self.teacher
+        if role == "policy":
+            return self.policy or ModelRef(backend="local", model=f"stage:{latest_trained_stage}")
         if role in self.others:
             return self.others[role]
         raise ConfigError(f"no model named {role!r}: set [models.{role}] in the recipe "
                           f"(known: {', '.join(self.roles())})")
 
     def roles(self) -> list[str]:
-        return ["teacher", "judge", *self.others]
+        return ["teacher", "judge", "policy", *self.others]
 
 
 class Recipe(Section):

@@ -139,7 +139,8 @@ def models_section(recipe: Recipe, run_dir: Path, only, start) -> str:
     lines = ["models (by role):"]
     for role in recipe.models.roles():
         ref = recipe.models.get(role)
-        same = " (= teacher)" if role == "judge" and recipe.models.judge is None else ""
+        same = " (= teacher)" if role == "judge" and recipe.models.judge is None else \
+            " (= the run's latest trained model)" if role == "policy" and recipe.models.policy is None else ""
         lines.append(f"  {role:<10} {ref.describe()}{same}")
     return "\n".join(lines)
 
