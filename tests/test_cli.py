@@ -55,3 +55,23 @@ def test_missing_data_file_is_reported(tmp_path):
                       '[pretrain]\nmixture = { web = 1.0 }\n[midtrain]\nenabled = false\n')
     out = _cli("run", str(recipe), "--dry-run", f"run.out_dir={tmp_path}")
     assert out.returncode == 2 and "missing.jsonl" in out.stderr
+
+
+def test_models_command_lists_roles_and_checks_an_http_model(tmp_path):
+    from phiforge.testing.http import ScriptedOpenAIServer
+
+    out = _cli("models", "models.judge.backend=http", "models.judge.base_url=http://127.0.0.1:9",
+               "models.judge.model=big")
+    assert out.returncode == 0, out.stderr
+    assert "teacher    local bundled" in out.stdout and "judge      http http://127.0.0.1:9 model=big" in out.stdout
+    with ScriptedOpenAIServer() as srv:
+        args = ["models.teacher.backend=http", f"models.teacher.base_url={srv.url}", "models.teacher.model=m",
+                f"run.out_dir={tmp_path}", "models.judge.backend=http", f"models.judge.base_url={srv.url}",
+                "models.judge.model=m"]
+        assert cli.main(["models", "--check", *args]) == 0
+    assert len(srv.requests) >= 2 + 6  # one reply per role, after the auto profile's probe
+
+
+def test_dry_run_lists_models():
+    out = _cli("run", "--dry-run")
+    assert "models (by role):" in out.stdout and "policy" in out.stdout
