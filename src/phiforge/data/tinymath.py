@@ -143,17 +143,14 @@ def generate(seed: int, n_textbook: int, n_web: int, n_long: int, n_eval: int,
     rng = random.Random(seed)
     eval_problems = _unique_problems(random.Random(seed + 1), n_eval, set())
     held = {question_text(p) for p in eval_problems}
-    train = {
-        "textbook": [textbook_doc(p) for p in _problems(rng, n_textbook, held)],
-        "web": [web_doc(p, rng, web_wrong_rate) for p in _problems(rng, n_web, held)],
-        "long": [long_doc(_problems(rng, long_problems, held), i) for i in range(n_long)],
-    }
-    valid = {
-        "textbook": [textbook_doc(p) for p in _problems(rng, n_valid, held)],
-        "web": [web_doc(p, rng, web_wrong_rate) for p in _problems(rng, n_valid, held)],
-    }
-    out = {f"train/{k}": _rows(k, v) for k, v in train.items()}
-    out.update({f"valid/{k}": _rows(f"valid-{k}", v) for k, v in valid.items()})
+    # The order of random draws is part of the data: keep it (textbook, web, long, valid).
+    train = {"textbook": _rows("textbook", [textbook_doc(p) for p in _problems(rng, n_textbook, held)])}
+    train["web"] = _web_rows("web", _problems(rng, n_web, held), rng, web_wrong_rate)
+    train["long"] = _rows("long", [long_doc(_problems(rng, long_problems, held), i) for i in range(n_long)])
+    valid = {"textbook": _rows("valid-textbook", [textbook_doc(p) for p in _problems(rng, n_valid, held)])}
+    valid["web"] = _web_rows("valid-web", _problems(rng, n_valid, held), rng, web_wrong_rate)
+    out = {f"train/{k}": v for k, v in train.items()}
+    out.update({f"valid/{k}": v for k, v in valid.items()})
     out["eval"] = [{"id": f"eval-{i:05d}", "question": question_text(p), "answer": p.answer,
                     "steps": len(p.steps)} for i, p in enumerate(eval_problems)]
     return out
@@ -181,3 +178,16 @@ def _unique_problems(rng: random.Random, n: int, exclude: set[str]) -> list[Prob
 
 def _rows(prefix: str, texts: list[str]) -> list[dict]:
     return [{"id": f"{prefix}-{i:06d}", "text": t} for i, t in enumerate(texts)]
+
+
+def _web_rows(prefix: str, problems: list[Problem], rng: random.Random, wrong_rate: float) -> list[dict]:
+    """Web posts, each with the problem's true answer and its clean statement as metadata.
+
+    A post's own answer is wrong ``wrong_rate`` of the time; ``answer`` is the truth
+    (what a real corpus has as an accepted answer, or what the plurality filter
+    estimates), which lets synthetic rewrites be verified (Phi-4 report §2.2,
+    rejection sampling against ground truth). Training reads only ``text``.
+    """
+    texts = [web_doc(p, rng, wrong_rate) for p in problems]
+    return [{"id": f"{prefix}-{i:06d}", "text": t, "answer": p.answer, "question": question_text(p)}
+            for i, (t, p) in enumerate(zip(texts, problems))]
