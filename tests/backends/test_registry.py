@@ -60,10 +60,21 @@ def test_stage_model_entry_loads_the_runs_checkpoint(tmp_path):
     cfg = build_config("tiny", dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
                                     num_attention_heads=2, num_key_value_heads=1, vocab_size=288))
     export_hf_model(build_model(cfg, seed=0), tok, tmp_path / "sft" / "model")
-    with open_backend(ModelRef(model="stage:sft", device="cpu"), run_dir=tmp_path, role="policy") as be:
+    with open_backend(ModelRef(model="stage:sft", device="cpu", cache=False), run_dir=tmp_path) as be:
         assert isinstance(be, LocalBackend)
         out = be.sample(["one two"], SamplingParams(max_tokens=3, seed=0))
         assert len(out.completions[0][0].token_ids) >= 1
+    # With the cache (default), a rerun of the same seeded prompts costs no model calls.
+    params = SamplingParams(n=2, max_tokens=4, seed=3)
+    with open_backend(ModelRef(model="stage:sft", device="cpu"), run_dir=tmp_path, role="policy") as be:
+        first = be.sample(["one two", "three"], params)
+        assert first.usage.calls == 2 and first.usage.cached_calls == 0
+    with open_backend(ModelRef(model="stage:sft", device="cpu"), run_dir=tmp_path, role="policy") as be:
+        again = be.sample(["three", "one two", "four"], params)
+        assert again.usage.calls == 1 and again.usage.cached_calls == 2 and be.usage.cached_calls == 2
+        assert again.completions[1] == first.completions[0] and again.completions[0] == first.completions[1]
+        unseeded = be.sample(["one two"], SamplingParams(max_tokens=4))
+        assert unseeded.usage.calls == 1 and unseeded.usage.cached_calls == 0
     with pytest.raises(ConfigError, match=r"run the 'midtrain' stage first"):
         with open_backend(ModelRef(model="stage:midtrain"), run_dir=tmp_path):
             pass

@@ -59,3 +59,57 @@ class RequestCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class CachedBackend:
+    """Any ``Backend`` with its ``sample`` calls cached per prompt in a ``RequestCache``.
+
+    Why: a local model has no request cache of its own, yet reruns of a stage (a
+    changed downstream setting, ``--from``, a crash) should not pay for the same
+    generations twice. Local sampling is a pure function of (model, prompt ids,
+    params, seed), so a stored completion IS the completion a rerun would draw;
+    without a seed (fresh randomness asked for) nothing is cached. The key holds
+    ``identity`` (which weights: name + a fingerprint of the files), the prompt and
+    every sampling parameter. Prompts are looked up one by one, so a half-finished
+    batch costs only its missing prompts. ``score`` and ``chat_prompt`` pass through.
+    """
+
+    def __init__(self, backend, cache: RequestCache, identity: str):
+        self.backend, self.cache, self.identity = backend, cache, identity
+        self.name = getattr(backend, "name", identity)
+
+    @property
+    def usage(self):
+        return self.backend.usage
+
+    def sample(self, prompts, params, progress=None):
+        from phiforge.backends.base import Completion, SampleResult, Usage
+
+        if params.seed is None:
+            return self.backend.sample(prompts, params, progress=progress)
+        keys = [self._key(p, params) for p in prompts]
+        found = [self.cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        usage = Usage(cached_calls=len(prompts) - len(missing))
+        if missing:
+            res = self.backend.sample([prompts[i] for i in missing], params, progress=progress)
+            usage.add(res.usage)
+            for i, completions in zip(missing, res.completions):
+                found[i] = [c.__dict__ for c in completions]
+                self.cache.put(keys[i], found[i])
+        self.backend.usage.cached_calls += usage.cached_calls
+        return SampleResult([[Completion(**c) for c in cs] for cs in found], usage)
+
+    def _key(self, prompt, params) -> str:
+        prompt = prompt if isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict)) else list(prompt)
+        return request_key("sample", {"prompt": prompt, "params": params.__dict__ | {"stop": list(params.stop)}},
+                           salt=self.identity)
+
+    def score(self, prompt_ids, continuation_ids):
+        return self.backend.score(prompt_ids, continuation_ids)
+
+    def chat_prompt(self, messages, add_generation_prompt: bool = True):
+        return self.backend.chat_prompt(messages, add_generation_prompt=add_generation_prompt)
+
+    def __getattr__(self, name):  # sample_continuations, tokenizer, ... of the wrapped backend
+        return getattr(self.backend, name)

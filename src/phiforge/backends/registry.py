@@ -41,12 +41,12 @@ def open_backend(ref, *, run_dir: Path | None = None, role: str = "model", progr
     """The ``Backend`` for a ``ModelRef``; servers it started stop when the ``with`` block ends."""
     with contextlib.ExitStack() as stack:
         if ref.backend == "local":
-            backend = _local(ref, run_dir, role, progress)
+            backend = _cached_local(_local(ref, run_dir, role, progress), ref, run_dir)
         elif ref.backend == "http":
             backend = _http(ref, ref.base_url, ref.model, run_dir, role, progress, _tokenizer(ref.tokenizer))
         else:
             backend = _llamacpp(ref, run_dir, role, progress, stack)
-        if hasattr(backend, "close"):
+        if hasattr(backend, "close") and callable(getattr(type(backend), "close", None)):
             stack.callback(backend.close)  # runs before a server this block started is stopped
         yield backend
 
@@ -64,6 +64,27 @@ def _local(ref, run_dir: Path | None, role: str, progress):
     path = _model_folder(ref.model, run_dir)
     return LocalBackend.from_pretrained(path, device=device, dtype=ref.dtype, batch_size=ref.batch_size,
                                         progress=progress, name=f"{role}=local:{path}")
+
+
+def _cached_local(backend, ref, run_dir: Path | None):
+    """Seeded local sampling is deterministic: cache it per prompt in the run's request cache."""
+    if not ref.cache or run_dir is None:
+        return backend
+    from phiforge.backends.cache import CachedBackend, RequestCache
+
+    identity = f"local:{ref.model}:{_weights_fingerprint(backend.model)}"
+    return CachedBackend(backend, RequestCache(request_cache_path(run_dir)), identity)
+
+
+def _weights_fingerprint(model) -> str:
+    """Cheap identity of loaded weights: a hash of a few parameter values and the shapes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in list(model.named_parameters())[:: max(1, len(list(model.parameters())) // 16)]:
+        flat = p.detach().reshape(-1)
+        h.update(name.encode() + str(tuple(p.shape)).encode() + flat[:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _model_folder(model: str, run_dir: Path | None) -> Path:

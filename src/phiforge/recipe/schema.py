@@ -196,7 +196,8 @@ class ModelRef(Section):
     concurrency: int = Field(8, ge=1, description="http: requests in flight")
     max_retries: int = Field(6, ge=0)
     timeout_s: float = Field(120.0, gt=0)
-    cache: bool = Field(True, description="http/llamacpp: on-disk request cache in the run folder")
+    cache: bool = Field(True, description="on-disk request cache in the run folder (http, llamacpp; local: "
+                                          "seeded sampling, which is deterministic)")
     n_ctx: int = Field(4096, ge=128, description="llamacpp: context size")
     threads: int | None = Field(None, ge=1, description="llamacpp: CPU threads (None = llama.cpp's default)")
 
