@@ -98,10 +98,30 @@ def test_stage_usage_goes_to_stats_json(tmp_path):
         pipeline._execute(recipe, run_dir, stage, "fp", log=lambda m: None)
     stats = json.loads((run_dir / "probe_stage" / "stats.json").read_text())
     assert stats["kept"] == 3
-    teacher, judge = stats["models"]["teacher"], stats["models"]["judge"]
-    assert teacher["calls"] == 4 and judge["calls"] == 1  # llama.cpp profile: n=2 → two requests each
-    assert teacher["prompt_tokens"] == 12 and teacher["completion_tokens"] == 4
-    assert teacher["backend"].startswith("teacher=http:")
+    # The judge defaults to the teacher: one shared backend, reported once.
+    shared = stats["models"]["teacher+judge"]
+    assert shared["calls"] == 5  # llama.cpp profile: n=2 → two requests per prompt
+    assert shared["prompt_tokens"] == 15 and shared["completion_tokens"] == 5
+    assert shared["backend"].startswith("teacher=http:")
+
+
+def test_distinct_roles_get_their_own_backends_and_counts(tmp_path):
+    with ScriptedOpenAIServer() as srv:
+        common = [f"run.out_dir={tmp_path}", "run.name=v", "models.teacher.backend=http", "models.judge.backend=http",
+                  f"models.teacher.base_url={srv.url}", f"models.judge.base_url={srv.url}",
+                  "models.teacher.profile=vllm", "models.judge.profile=vllm", "models.judge.model=big"]
+        recipe = load_recipe(None, common)
+
+        def run(ctx):
+            ctx.backend("teacher").sample(["a", "b"], SamplingParams(max_tokens=2, seed=0))
+            ctx.backend("judge").sample(["c"], SamplingParams(max_tokens=2, seed=0))
+            return {}
+
+        run_dir = pipeline.run_dir_for(recipe)
+        (run_dir / "s").mkdir(parents=True)
+        pipeline._execute(recipe, run_dir, pipeline.Stage("s", ("models",), (), run), "fp", log=lambda m: None)
+    models = json.loads((run_dir / "s" / "stats.json").read_text())["models"]
+    assert models["teacher"]["calls"] == 2 and models["judge"]["calls"] == 1
 
 
 def test_stage_servers_are_closed_even_when_the_stage_fails(tmp_path, monkeypatch):

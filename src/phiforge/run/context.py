@@ -29,23 +29,38 @@ class StageContext:
         counts go into the stage's ``stats.json`` under ``models``.
         """
         if role not in self._backends:
+            ref = self.recipe.models.get(role)
+            same = next((r for r, (b, other) in self._backends.items() if other == ref), None)
+            if same is not None:  # e.g. the judge is the teacher: one model in memory, not two
+                self.log(f"model {role}: same as {same}")
+                self._backends[role] = self._backends[same]
+                return self._backends[role][0]
             from phiforge.backends.registry import open_backend
             from phiforge.run.progress import ProgressBar
 
-            ref = self.recipe.models.get(role)
             self.log(f"model {role}: {ref.describe()}")
             bar = ProgressBar(f"[{self.stage}] {role}")
-            self._backends[role] = self._closer.enter_context(
-                open_backend(ref, run_dir=self.run_dir, role=role, progress=bar))
-        return self._backends[role]
+            backend = self._closer.enter_context(open_backend(ref, run_dir=self.run_dir, role=role, progress=bar))
+            self._backends[role] = (backend, ref)
+        return self._backends[role][0]
+
+    def has_backend(self, role: str) -> bool:
+        return role in self._backends
 
     def model_usage(self) -> dict:
-        """``{role: {backend, calls, cached_calls, prompt_tokens, completion_tokens, seconds}}``."""
+        """``{roles: {backend, calls, cached_calls, prompt_tokens, completion_tokens, seconds}}``.
+
+        Roles served by one shared backend are reported once, under ``"teacher+judge"``.
+        """
+        groups: dict[int, list[str]] = {}
+        for role, (backend, _) in self._backends.items():
+            groups.setdefault(id(backend), []).append(role)
         out = {}
-        for role, backend in self._backends.items():
+        for roles in groups.values():
+            backend = self._backends[roles[0]][0]
             usage = backend.usage.as_dict()
             usage["seconds"] = round(usage["seconds"], 3)
-            out[role] = {"backend": getattr(backend, "name", role), **usage}
+            out["+".join(roles)] = {"backend": getattr(backend, "name", roles[0]), **usage}
         return out
 
     def close(self) -> None:
