@@ -20,7 +20,20 @@ FAST_OVERRIDES = [
     "midtrain.max_steps=4", "midtrain.micro_batch_size=2", "midtrain.seq_len=128", "midtrain.warmup_steps=1",
     "midtrain.eval_every=2", "midtrain.checkpoint_every=2", "midtrain.valid_sequences=2",
     "eval.max_new_tokens=8", "eval.batch_size=8",
+    "synth.enabled=false",
 ]
+# The tiny recipe's synthetic-data pipelines at a size that runs in seconds on the bundled teacher.
+SMALL_SYNTH = [
+    "synth.enabled=true", "synth.pipelines.0.max_records=2", "synth.pipelines.0.steps.0.n=1",
+    "synth.pipelines.0.steps.0.max_tokens=8", "synth.pipelines.1.max_records=2",
+    "synth.pipelines.1.steps.0.n_samples=2", "synth.pipelines.1.steps.0.max_tokens=8",
+]
+
+
+@pytest.fixture
+def small_synth():
+    """Overrides that run the tiny recipe's synth pipelines at a few records (real teacher)."""
+    return list(SMALL_SYNTH)
 
 
 @pytest.fixture

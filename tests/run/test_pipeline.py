@@ -20,7 +20,8 @@ def _run(overrides, **kw):
     return run_dir, logs
 
 
-def test_shortened_tiny_run_end_to_end(fast_overrides):
+def test_shortened_tiny_run_end_to_end(fast_overrides, small_synth):
+    fast_overrides = fast_overrides + small_synth  # every stage, the synth one on the real bundled teacher
     run_dir, logs = _run(fast_overrides)
     for stage in pipeline.stage_names():
         assert (run_dir / stage / MARKER).is_file(), stage
@@ -46,7 +47,9 @@ def test_shortened_tiny_run_end_to_end(fast_overrides):
 
     # Rerun: everything finished is skipped (the report is always rebuilt).
     _, logs2 = _run(fast_overrides)
-    assert sum("skipping" in line for line in logs2) == 5
+    assert sum("skipping" in line for line in logs2) == 6
+    synth = json.loads((run_dir / "synth" / "stats.json").read_text())
+    assert set(synth["pipelines"]) == {"web_rewrite", "plurality"} and synth["models"]["teacher"]["calls"] > 0
 
     # A changed key makes its stage out of date: a clear error, not a silent redo.
     with pytest.raises(StageError, match="pretrain.lr") as e:

@@ -118,3 +118,10 @@ def test_repeated_calls_are_fast():
 def test_unknown_backend():
     with pytest.raises(ConfigError, match="backend"):
         answers_equivalent("1", "1", "wolfram")
+
+
+def test_answer_is_stops_at_the_end_of_the_sentence():
+    from phiforge.verify.math import extract_answer
+    assert extract_answer("The answer is 6. So, the step-by-step process is:") == "6"
+    assert extract_answer("The answer is 3.5 because half of 7") == "3.5"
+    assert extract_answer("Final answer: 12 apples.") == "12 apples"

@@ -876,8 +876,26 @@ def _resolve_dtype(dtype, device: str):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
+    if dtype == "fast":  # generation-only models (teachers): bf16 where the CPU multiplies bf16 natively
+        if str(device).startswith("cpu"):
+            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return _resolve_dtype(None, device)
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:
-        raise ConfigError(f"dtype: {dtype!r} is not one of {sorted(names) + ['auto']}")
+        raise ConfigError(f"dtype: {dtype!r} is not one of {sorted(names) + ['auto', 'fast']}")
     return names[dtype]
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``): bf16 matmuls run natively, not emulated.
+
+    Decoding is memory-bound, so bf16 weights decode ~1.6x faster on such CPUs
+    (measured on the bundled teacher) and several times slower where bf16 is emulated.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags

@@ -54,14 +54,26 @@ def _parse_value(text: str) -> Any:
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Set ``a.b.c``; a number indexes into a list of tables (``synth.pipelines.0.max_records``)."""
     parts = key.split(".")
-    node = raw
+    node: Any = raw
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: '{'.'.join(parts[:i + 1])}' is a value, not a section")
-        node = child
+        node = _child(node, part, key, ".".join(parts[:i + 1]))
+    if isinstance(node, list):
+        raise ConfigError(f"override {key}: '{'.'.join(parts[:-1])}' is a list; give an index, then a key")
     node[parts[-1]] = value
+
+
+def _child(node: Any, part: str, key: str, where: str) -> Any:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"override {key}: '{where}' is not an index of a list with {len(node)} entries")
+        child = node[int(part)]
+    else:
+        child = node.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"override {key}: '{where}' is a value, not a section")
+    return child
 
 
 def validate_recipe(raw: dict, source: str = "<recipe>") -> Recipe:

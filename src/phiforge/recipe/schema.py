@@ -9,9 +9,10 @@ UNCONFIRMED in ``docs/recipe.md``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 from phiforge.errors import ConfigError
 from phiforge.model.presets import PRESETS
@@ -185,7 +186,8 @@ class ModelRef(Section):
     model: str = Field("bundled", min_length=1)
     # local
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: str | None = Field(None, description="local: None = fp32 on CPU, bf16 on GPU; or a torch dtype name")
+    dtype: str | None = Field(None, description="local: None = fp32 on CPU, bf16 on GPU; 'fast' = bf16 also on "
+                                                "CPUs with native bf16 (generation only); or a torch dtype name")
     batch_size: int = Field(32, ge=1, description="local: rollouts decoded together")
     # http / llamacpp
     base_url: str | None = Field(None, description="http only, e.g. http://localhost:8000")
@@ -254,6 +256,79 @@ class ModelsSection(Section):
         return ["teacher", "judge", "policy", *self.others]
 
 
+class SynthStepSpec(Section):
+    """One step of a synthetic-data pipeline: ``technique`` plus that technique's config keys."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+    technique: str
+    _config: Any = PrivateAttr(None)
+    models: dict[str, str] = Field(default_factory=dict, description="step role -> recipe model role; roles "
+                                   "not listed use the recipe role of the same name, else the teacher")
+
+    @model_validator(mode="after")
+    def _technique_config(self):
+        from phiforge.synth.registry import config_class
+
+        cls = config_class(self.technique)
+        try:
+            self._config = cls.model_validate(dict(self.__pydantic_extra__ or {}))
+        except ValidationError as e:
+            raise ValueError(_technique_errors(self.technique, cls, e)) from None
+        return self
+
+    @property
+    def config(self):
+        return self._config
+
+
+def _technique_errors(technique: str, cls, e: ValidationError) -> str:
+    """``technique 'rewrite': nn: unknown key (allowed: ...)``, one clause per problem."""
+    parts = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(set(cls.model_fields) | {"technique", "models"}))
+            parts.append(f"{key}: unknown key (allowed: {allowed})")
+        else:
+            parts.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
+    return f"technique {technique!r}: " + "; ".join(parts)
+
+
+class SynthPipeline(Section):
+    """Seeds in, synthetic records out (Phi-4 report §2.2), optionally a new pretraining source."""
+
+    name: str = Field(pattern=IDENT)
+    input: str = Field(description="a data source (its train split), an earlier pipeline's name, or a JSONL "
+                                   "file/folder/glob of records")
+    max_records: int | None = Field(None, ge=1, description="use the first N input records")
+    steps: list[SynthStepSpec] = Field(min_length=1)
+    workers: int = Field(1, ge=1, description="worker processes (1 = in-process, sharing the stage's models)")
+    records_per_shard: int = Field(64, ge=1, description="input shard size: the unit of resume after a crash")
+    source: bool = Field(True, description="join the pretraining sources under this name")
+    text_format: Literal["text", "chat", "problem_solution"] = Field(
+        "text", description="how a record becomes a pretraining document: its text; its messages in the Phi-4 "
+                            "chat format; or 'Problem: <user>\nSolution: <assistant>'")
+    text_prefix: str = Field("", description="prepended to every pretraining document (e.g. 'Problem: ' when "
+                                             "the prompt ended with that cue)")
+
+
+class SynthSection(Section):
+    enabled: bool = False
+    pipelines: list[SynthPipeline] = []
+    examples_per_step: int = Field(3, ge=0, description="examples per technique on the report page")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [p.name for p in self.pipelines]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"synth pipeline names must be unique; duplicated: {dup}")
+        return self
+
+    def source_names(self) -> list[str]:
+        return [p.name for p in self.pipelines if p.source] if self.enabled else []
+
+
 class Recipe(Section):
     """A whole run: every stage's settings."""
 
@@ -266,10 +341,11 @@ class Recipe(Section):
     eval: EvalSection = EvalSection()
     report: ReportSection = ReportSection()
     models: ModelsSection = ModelsSection()
+    synth: SynthSection = SynthSection()
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        known = self.data.source_names()
+        known = self.data.source_names() + self.synth.source_names()
         unknown = sorted(set(self.pretrain.mixture) - set(known))
         if unknown:
             raise ValueError(f"pretrain.mixture names unknown source(s) {unknown}; sources are {known}")
@@ -277,10 +353,28 @@ class Recipe(Section):
             raise ValueError(f"pretrain.seq_len={self.pretrain.seq_len} exceeds the model's context "
                              f"({self.model.max_positions()} for preset '{self.model.preset}'); lower "
                              "pretrain.seq_len or raise model.max_position_embeddings")
+        self._check_synth(known)
         if self.midtrain.enabled and not self.data.long_source_names():
             raise ValueError("midtrain needs a long-document source: use data.generator = 'tinymath' or add a "
                              "[[data.sources]] entry with kind = 'long' (or set midtrain.enabled = false)")
         return self
+
+    def _check_synth(self, known: list[str]) -> None:
+        if not self.synth.enabled:
+            return
+        roles = set(self.models.roles())
+        earlier: list[str] = []
+        for i, pipe in enumerate(self.synth.pipelines):
+            looks_like_path = "/" in pipe.input or pipe.input.endswith((".jsonl", ".zst", ".parquet"))
+            if pipe.input not in self.data.source_names() + earlier and not looks_like_path:
+                raise ValueError(f"synth.pipelines[{i}].input = {pipe.input!r} is neither a data source "
+                                 f"{self.data.source_names()}, an earlier pipeline {earlier}, nor a path")
+            for j, step in enumerate(pipe.steps):
+                bad = sorted(set(step.models.values()) - roles)
+                if bad:
+                    raise ValueError(f"synth.pipelines[{i}].steps[{j}].models names unknown model role(s) {bad}; "
+                                     f"roles are {sorted(roles)}")
+            earlier.append(pipe.name)
 
     def midtrain_lr(self) -> float:
         return self.midtrain.lr or (self.pretrain.lr or 3e-4) * self.midtrain.lr_scale

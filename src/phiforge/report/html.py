@@ -526,3 +526,6 @@ def _page(title: str, body: str) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>phiforge report: {esc(title)}</title>\n<style>{CSS}</style>\n</head>\n"
             f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n")
+
+# Pages of later stages register themselves after the core sections.
+from phiforge.report import synth as _synth  # noqa: E402,F401

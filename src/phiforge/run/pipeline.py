@@ -1,7 +1,7 @@
 """The stage pipeline: ordered stages, skip-if-finished, ``--only`` and ``--from``.
 
-Stages run in a fixed order (data → tokenizer → pretrain → midtrain → eval →
-report); later issues insert theirs (synthetic data, curation, SFT, DPO) into
+Stages run in a fixed order (data → synth → tokenizer → pretrain → midtrain →
+eval → report); later issues insert theirs (synthetic data, curation, SFT, DPO) into
 ``STAGES``. Each stage declares the recipe sections it reads and the stages whose
 output it consumes; its fingerprint hashes both, so changing ``pretrain.lr`` marks
 pretraining and everything downstream as out of date, and nothing upstream.
@@ -46,7 +46,9 @@ def _lazy(module: str, fn: str) -> Callable[[StageContext], dict]:
 STAGES: list[Stage] = [
     Stage("data", ("data",), (), _lazy("phiforge.data.stage", "run_data"),
           description="make or import the corpora, held-out and eval sets"),
-    Stage("tokenizer", ("tokenizer",), ("data",), _lazy("phiforge.tokenize.stage", "run_tokenizer"),
+    Stage("synth", ("models", "synth"), ("data",), _lazy("phiforge.synth.stage", "run_synth"), resumable=True,
+          description="synthetic data: the recipe's generation pipelines (teacher via [models])"),
+    Stage("tokenizer", ("tokenizer",), ("data", "synth"), _lazy("phiforge.tokenize.stage", "run_tokenizer"),
           description="train (bpe) or build (phi4) the tokenizer and encode every source"),
     Stage("pretrain", ("model", "pretrain"), ("tokenizer",), _lazy("phiforge.train.stages", "run_pretrain"),
           resumable=True, description="pretrain on the source mixture"),

@@ -145,4 +145,22 @@ def models_section(recipe: Recipe, run_dir: Path, only, start) -> str:
     return "\n".join(lines)
 
 
-PLAN_SECTIONS: list[Callable] = [stages_section, data_section, model_section, budget_section, models_section]
+def synth_section(recipe: Recipe, run_dir: Path, only, start) -> str:
+    """The synthetic-data pipelines: seeds, steps and (when finished) what they kept."""
+    if not recipe.synth.enabled:
+        return ""
+    done = {}
+    stats_path = run_dir / "synth" / "stats.json"
+    if stats_path.is_file():
+        done = json.loads(stats_path.read_text()).get("pipelines", {})
+    lines = ["synth pipelines:"]
+    for pipe in recipe.synth.pipelines:
+        seeds = f"first {pipe.max_records:,}" if pipe.max_records else "all"
+        kept = done.get(pipe.name, {}).get("records_out")
+        lines.append(f"  {pipe.name:<12} {seeds} of {pipe.input} -> " + " -> ".join(s.technique for s in pipe.steps)
+                     + (" (source)" if pipe.source else "") + (f"; kept {kept:,}" if kept is not None else ""))
+    return "\n".join(lines)
+
+
+PLAN_SECTIONS: list[Callable] = [stages_section, data_section, synth_section, model_section, budget_section,
+                                 models_section]

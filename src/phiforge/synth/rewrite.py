@@ -34,7 +34,7 @@ yielded or dropped (``truncated_output``, ``output_too_short``, ``duplicate_samp
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterator, Literal
 
 from pydantic import Field, model_validator
 
@@ -85,6 +85,11 @@ class PassageRewriterConfig(Section):
     temperature: float = Field(0.7, ge=0, description=(
         "sampling temperature of the rewrites. UNCONFIRMED: diverse samples for n > 1, still coherent"))
     max_tokens: int = Field(1024, ge=1, description="completion budget of one rewrite")
+    prompt_style: Literal["chat", "completion"] = Field("chat", description=(
+        "chat: the rendered template is a user turn; completion: the raw text is continued (few-shot templates "
+        "that end with a cue, for base models and small teachers)"))
+    stop: list[str] = Field(default_factory=list, description=(
+        "stop strings of a rewrite (e.g. the start of the next few-shot example); a stop is not truncation"))
     plan_max_tokens: int = Field(512, ge=1, description="completion budget of the notes (greedy)")
     batch_size: int = Field(16, ge=1, description="passages per model call")
     seed: int = Field(0, ge=0, description="sampling seed")
@@ -135,14 +140,18 @@ class PassageRewriter(GenerationStep):
 
     def run(self, records: Iterator[Record], ctx: StepContext) -> Iterator[Record]:
         cfg = self.config
-        params = self.params(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens)
+        params = self.params(n=cfg.n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, stop=tuple(cfg.stop))
         for batch in self.batches(records):
             seeds = [s for s in (self.seed_plan(ctx, r) for r in batch) if s is not None]
             notes = self.notes(ctx, [record for record, _ in seeds])
             jobs = [(record, kind, note) for (record, kinds), note in zip(seeds, notes) for kind in kinds]
-            prompts = [user(self.prompt(ctx, kind, record, note)) for record, kind, note in jobs]
+            prompts = [self.as_prompt(self.prompt(ctx, kind, record, note)) for record, kind, note in jobs]
             for job, completions in zip(jobs, self.sample(ctx, prompts, params, role=cfg.role)):
                 yield from self.checked(ctx, *job[:2], completions)
+
+    def as_prompt(self, text: str):
+        """A chat turn, or the raw text to continue (few-shot completion: what small teachers follow best)."""
+        return text if self.config.prompt_style == "completion" else user(text)
 
     def reference(self, record: Record) -> str | None:
         value = record.metadata.get(self.config.answer_key)

@@ -52,15 +52,19 @@ class ScriptedOpenAIServer(_Server):
     It records every request and the peak number of requests in flight.
     """
 
-    def __init__(self, delay: float = 0.0, honour_n: bool = True):
+    def __init__(self, delay: float = 0.0, honour_n: bool = True, reply=None):
         super().__init__(_ScriptedHandler)
-        self.delay, self.honour_n = delay, honour_n
+        self.delay, self.honour_n, self.reply = delay, honour_n, reply
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.in_flight = self.peak_in_flight = 0
         self.lock = threading.Lock()
 
     def answer(self, prompt, seed, index: int) -> str:
+        """``reply(prompt, seed, index)`` if given (finishing with "stop"), else a hash of the three
+        (finishing with "length" on /v1/completions)."""
+        if self.reply is not None:
+            return self.reply(prompt, seed, index)
         digest = hashlib.sha256(json.dumps([prompt, seed, index]).encode()).hexdigest()[:8]
         return f"ans-{digest}"
 
@@ -112,7 +116,7 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
                                 "finish_reason": "stop",
                                 "logprobs": {"content": [{"token": text, "logprob": -0.5}]}})
             else:
-                choices.append({"index": i, "text": text, "finish_reason": "length",
+                choices.append({"index": i, "text": text, "finish_reason": "stop" if srv.reply else "length",
                                 "logprobs": {"tokens": [text], "token_logprobs": [-0.5]}})
         return {"choices": choices, "usage": {"prompt_tokens": 3, "completion_tokens": n}}
 

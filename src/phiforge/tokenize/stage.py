@@ -27,7 +27,7 @@ def run_tokenizer(ctx: StageContext) -> dict:
     eos = tok.convert_tokens_to_ids(tok.eos_token)
     stats = {"kind": cfg.kind, "vocab_size": len(tok), "eos_id": eos, "sources": {}}
     for split in ("train", "valid"):
-        for path in sorted((data_dir / split).glob("*.jsonl")):
+        for path in _source_files(ctx, data_dir, split):
             src = _encode_file(tok, path, eos)
             src.save(ctx.stage_dir / "tokens" / split)
             stats["sources"][f"{split}/{src.name}"] = {"docs": src.n_docs, "tokens": src.n_tokens}
@@ -43,10 +43,20 @@ def _make_tokenizer(ctx: StageContext, data_dir: Path):
     from phiforge.tokenize.bpe import train_bpe
     texts = itertools.chain.from_iterable(
         (r["text"] for r in itertools.islice(read_jsonl(p), cfg.train_docs))
-        for p in sorted((data_dir / "train").glob("*.jsonl")))
+        for p in _source_files(ctx, data_dir, "train"))
     tok = train_bpe(texts, cfg.vocab_size, split_digits=cfg.split_digits)
     ctx.log(f"trained byte-level BPE: {len(tok)} tokens")
     return tok
+
+
+def _source_files(ctx: StageContext, data_dir: Path, split: str) -> list[Path]:
+    """The data stage's sources, plus the synth stage's new ones (train split only) when it ran."""
+    files = sorted((data_dir / split).glob("*.jsonl"))
+    if split == "train" and ctx.recipe.synth.enabled and ctx.has_output("synth"):
+        from phiforge.synth.stage import load_synth_sources
+
+        files += load_synth_sources(ctx.input_dir("synth"))
+    return files
 
 
 def _encode_file(tok, path: Path, eos: int) -> TokenSource:

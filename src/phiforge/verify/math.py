@@ -85,7 +85,14 @@ def _answer_is(text: str) -> str | None:
         return None
     answer = found[-1].strip()
     inner = last_boxed(answer)
-    return inner if inner is not None else answer.rstrip(".").strip("$ ")
+    if inner is not None:
+        return inner
+    # "The answer is 6. So, the steps..." -> "6": the sentence ends at ". " (not at "3.5")
+    answer = _SENTENCE_END.split(answer, maxsplit=1)[0]
+    return answer.rstrip(".").strip("$ ")
+
+
+_SENTENCE_END = re.compile(r"\.\s|\s+(?:so|because|since|which|as)\b", re.IGNORECASE)
 
 
 def _hash(text: str) -> str | None:
