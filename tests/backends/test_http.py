@@ -119,7 +119,7 @@ def test_score_refuses_untrustworthy_server_and_delegates_to_scorer():
         def score(self, p, c):
             return [[-1.0] * len(x) for x in c]
 
-    with pytest.raises(BackendError, match="shifted"):
+    with pytest.raises(BackendError, match="not trustworthy"):
         HTTPBackend("http://127.0.0.1:1", "m", profile="llama.cpp").score([[1]], [[2, 3]])
     be = HTTPBackend("http://127.0.0.1:1", "m", profile="llama.cpp", scorer=Scorer())
     assert be.score([[1]], [[2, 3]]) == [[-1.0, -1.0]]

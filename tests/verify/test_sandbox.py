@@ -32,11 +32,23 @@ def on(config: SandboxConfig, exec_program: bool) -> SandboxConfig:
 
 
 def leftovers(result) -> list:
-    """Processes still alive that the job started (its uid, or our own children)."""
-    procs = psutil.Process().children(recursive=True)
+    """Processes still alive that the job started (its uid, or our sandbox children).
+
+    Only sandbox processes count among our children: other tests of the same session
+    may leave their own (Ray's idle workers, process pools) running meanwhile.
+    """
+    procs = [p for p in psutil.Process().children(recursive=True) if _is_sandbox_process(p)]
     if result.uid is not None:
         procs += [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == result.uid]
     return procs
+
+
+def _is_sandbox_process(proc) -> bool:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return "unshare" in cmd or "_sandbox_init" in cmd or "main.py" in cmd
 
 
 def assert_nothing_left(result, wait_s: float = 3.0) -> None:
