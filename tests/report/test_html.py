@@ -162,7 +162,7 @@ def test_register_section_adds_a_section(full_run, monkeypatch):
     html = build_report(full_run).read_text()
     assert html.index('id="loss"') < html.index('<section id="sft"><h2>SFT</h2>4242') < html.index('id="evaluation"')
     assert "Section <code>broken</code> could not be rendered: RuntimeError: boom &lt;here&gt;" in html
-    assert len(SECTIONS) == 6  # the module-level registry is untouched after the monkeypatch
+    assert len(SECTIONS) == 7  # the module-level registry (6 core + synth) is untouched after the monkeypatch
 
 
 def test_runview_caches_and_reports_missing(tmp_path):
@@ -173,3 +173,17 @@ def test_runview_caches_and_reports_missing(tmp_path):
     assert view.json("a.json") == {"x": 1}  # cached for the whole build
     assert view.json("missing.json") is None and view.jsonl("missing.jsonl") is None
     assert view.warnings == []
+
+
+def test_synth_page_shows_counts_drop_reasons_and_examples(tmp_path):
+    run = tmp_path / "r"
+    _write(run / "synth" / "stats.json", {"pipelines": {"web_rewrite": {
+        "input": "web", "seeds": 4, "records_out": 1, "documents": 1, "seconds": 3.0, "templates": ["t@1"],
+        "steps": [{"technique": "rewrite", "records_out": 1, "drop_reasons": {"answer_mismatch": 3},
+                   "counters": {"model_calls": 4, "prompt_tokens": 400, "completion_tokens": 100}}]}}})
+    _write(run / "synth" / "examples.json", {"web_rewrite": {
+        "kept": [{"id": "a/0", "text": "Problem: 1 + 1 <b>", "metadata": {"answer": 2}}],
+        "dropped": {"rewrite: answer_mismatch": [{"id": "b/0", "text": "wrong", "metadata": {}}]}}})
+    html = build_report(run).read_text()
+    assert "Synthetic data" in html and "answer_mismatch" in html and "Problem: 1 + 1 &lt;b&gt;" in html
+    assert "500.0" in html  # tokens per kept record
