@@ -102,7 +102,7 @@ def run_one(name: str, kind: str, config: dict, records: list[Record], teacher, 
     stats = LocalExecutor([step], input=str(tmp / name / "in"), output_dir=str(tmp / name / "out"),
                           progress=False).run()
     seconds = time.perf_counter() - t0
-    c = stats["steps"][0]["counters"]
+    c = _all_roles(stats["steps"][0]["counters"])
     kept, calls = stats["records_out"], c.get("model_calls", 0)
     tokens = c.get("prompt_tokens", 0) + c.get("completion_tokens", 0)
     per_kept = tokens / kept if kept else math.inf
@@ -111,6 +111,14 @@ def run_one(name: str, kind: str, config: dict, records: list[Record], teacher, 
             "completion_tokens": c.get("completion_tokens", 0), "calls_per_kept": calls / kept if kept else math.inf,
             "tokens_per_kept": per_kept, "tokens_per_input": tokens / len(records),
             "ratio_kept_vs_input": per_kept / (tokens / len(records)) if tokens else math.inf, "seconds": seconds}
+
+
+def _all_roles(counters: dict) -> dict:
+    """Sum ``model_calls``, ``model_calls_critic``, ... into one count per quantity (every role)."""
+    out: dict = {}
+    for key in ("model_calls", "prompt_tokens", "completion_tokens"):
+        out[key] = sum(v for k, v in counters.items() if k == key or k.startswith(key + "_"))
+    return out
 
 
 def main(argv=None) -> int:
