@@ -129,3 +129,24 @@ def test_unknown_profile():
     with pytest.raises(ConfigError, match="llama.cpp"):
         HTTPBackend("http://x", "m", profile="nope")
     assert ServerProfile().token_prompts
+
+
+def test_sample_works_inside_a_running_event_loop_and_from_threads():
+    """Jupyter / async servers call from inside a loop; worker threads call concurrently."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ScriptedOpenAIServer() as srv:
+        be = HTTPBackend(srv.url, "m", **FAST)
+
+        async def inside():
+            return be.sample(["q"], SamplingParams(max_tokens=2, seed=0)).completions[0][0].text
+
+        assert asyncio.run(inside()) == srv.answer("q", 0, 0)
+        with ThreadPoolExecutor(4) as pool:
+            texts = list(pool.map(lambda i: be.sample([f"t{i}"], SamplingParams(max_tokens=2, seed=0))
+                                  .completions[0][0].text, range(8)))
+        assert texts == [srv.answer(f"t{i}", 0, 0) for i in range(8)]
+        be.close()
+        be.close()  # idempotent
+        assert be.sample(["again"], SamplingParams(max_tokens=2, seed=0)).completions[0][0].text  # reopens

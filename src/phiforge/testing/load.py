@@ -11,7 +11,9 @@ import time
 
 
 class OtherLoad:
-    """CPU cores that *other* processes (and hypervisor steal) used while a trainer ran.
+    """CPU cores that *other* processes (and hypervisor steal) used while a measurement ran.
+
+    This process and its live children (e.g. a model server it started) do not count.
 
     On a shared 2-core box one busy neighbour can slow a 2-thread OpenMP run several
     times over, so the table reports this next to the timings (Linux only, else None).
@@ -38,4 +40,20 @@ def _cpu_counters() -> tuple[float, float, float] | None:
         return None
     busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
     t = os.times()
-    return busy, t.user + t.system, time.perf_counter()
+    return busy, t.user + t.system + _descendants_cpu(), time.perf_counter()
+
+
+def _descendants_cpu() -> float:
+    """CPU-seconds of this process's live children (a server it started is part of the measurement)."""
+    try:
+        import psutil
+    except ImportError:
+        return 0.0
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            total += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
