@@ -117,3 +117,17 @@ def child_id(parent: str, *parts: object) -> str:
     tail = "/".join(str(p) for p in parts)
     return f"{parent}/{tail}" if len(parent) + len(tail) < 120 else \
         f"{hashlib.sha1(parent.encode()).hexdigest()[:16]}/{tail}"
+
+
+def record_content(record: Record, key: str | None = None) -> str | None:
+    """What a step works on: ``metadata[key]`` if ``key``, else the text, else the last assistant turn.
+
+    None when that is missing, not a string, or blank.
+    """
+    if key is not None:
+        value = record.metadata.get(key)
+    elif record.text is not None:
+        value = record.text
+    else:
+        value = next((m["content"] for m in reversed(record.messages or []) if m["role"] == "assistant"), None)
+    return value if isinstance(value, str) and value.strip() else None

@@ -53,7 +53,7 @@ from phiforge.dataflow.records import Provenance, Record
 from phiforge.dataflow.step import StepContext
 from phiforge.dataflow.templates import get_template
 from phiforge.recipe.schema import Section
-from phiforge.synth.base import GenerationStep, child_id, user
+from phiforge.synth.base import GenerationStep, child_id, record_content, user
 from phiforge.synth.rejection import sandbox_config, tests_of
 from phiforge.verify.code import CodeTests, check_code_many
 
@@ -368,14 +368,7 @@ class FillInTheMiddle(GenerationStep):
     # ---- exercise construction
 
     def source_of(self, record: Record) -> str | None:
-        key = self.config.source_key
-        if key is not None:
-            value = record.metadata.get(key)
-        elif record.text is not None:
-            value = record.text
-        else:
-            value = next((m["content"] for m in reversed(record.messages or []) if m["role"] == "assistant"), None)
-        return value if isinstance(value, str) and value.strip() else None
+        return record_content(record, self.config.source_key)
 
     def exercise(self, record: Record, ctx: StepContext) -> Exercise | None:
         """The record's exercise, or None when it has no suitable span."""

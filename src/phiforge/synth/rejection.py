@@ -42,7 +42,7 @@ from phiforge.dataflow.step import StepContext
 from phiforge.dataflow.templates import get_template
 from phiforge.errors import ConfigError
 from phiforge.recipe.schema import Section
-from phiforge.synth.base import GenerationStep, child_id, user
+from phiforge.synth.base import GenerationStep, child_id, record_content, user
 from phiforge.synth.jsonask import ask_json
 from phiforge.synth.plurality import parent_provenance, question_of
 from phiforge.verify.choice import ChoiceOracle
@@ -296,14 +296,8 @@ class ExecutionValidator(GenerationStep):
 
     def code_of(self, record: Record) -> str | None:
         """The code to run (see ``code_key``), or None."""
-        key = self.config.code_key
-        if key is not None:
-            value = record.metadata.get(key)
-        elif record.text is not None:
-            value = record.text
-        else:
-            value = next((m["content"] for m in reversed(record.messages or []) if m["role"] == "assistant"), None)
-        if not isinstance(value, str):
+        value = record_content(record, self.config.code_key)
+        if value is None:
             return None
         code = extract_code(value) if "```" in value else value
         return code if code.strip() else None
