@@ -141,3 +141,19 @@ def test_synth_resumes_finished_shards_after_a_crash(tmp_path, monkeypatch):
     assert len(srv.requests) - first == 4  # shards 2 and 3 (2 seeds each); shard 1 was complete
     stats = json.loads((run_dir / "synth" / "stats.json").read_text())["pipelines"]["web_rewrite"]
     assert stats["records_out"] == 6
+
+
+def test_a_source_pipeline_that_keeps_nothing_is_a_clear_error_only_if_pretraining_needs_it(tmp_path):
+    from phiforge.errors import StageError
+
+    wrong = lambda prompt, seed, index: "A problem.\nSolution: 1 + 1 = 2.\nAnswer: -1"  # noqa: E731
+    with ScriptedOpenAIServer(reply=wrong) as srv:
+        recipe = _recipe(tmp_path, srv.url)
+        run_pipeline(recipe, only="data", log=lambda m: None)
+        with pytest.raises(StageError, match="kept no records, but pretrain.mixture uses it"):
+            run_pipeline(recipe, only="synth", log=lambda m: None)
+        (tmp_path / "b").mkdir()
+        recipe = _recipe(tmp_path / "b", srv.url, ['pretrain.mixture={textbook = 0.7, web = 0.3}'])
+        run_dir = run_pipeline(recipe, only="data", log=lambda m: None)
+        run_pipeline(recipe, only="synth", log=lambda m: None)
+    assert not (run_dir / "synth" / "train" / "web_rewrite.jsonl").exists()

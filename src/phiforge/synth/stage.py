@@ -119,9 +119,18 @@ class _LazyBackend:
 
 
 def _write_source(ctx: StageContext, pipe, out_dir: Path) -> int:
+    """The pipeline's records as pretraining documents; no file at all when none survived."""
     rows = ({"id": r.id, "text": pipe.text_prefix + pretraining_text(r, pipe.text_format)}
             for r in read_records(out_dir))
-    return write_jsonl(ctx.stage_dir / "train" / f"{pipe.name}.jsonl", [r for r in rows if r["text"]])
+    docs = [r for r in rows if r["text"].strip()]
+    if docs:
+        return write_jsonl(ctx.stage_dir / "train" / f"{pipe.name}.jsonl", docs)
+    if pipe.name in ctx.recipe.pretrain.mixture:
+        raise StageError(f"synth pipeline {pipe.name!r} kept no records, but pretrain.mixture uses it as a source; "
+                         f"see {out_dir / 'dropped'} for why, then raise max_records / n, use a stronger teacher, "
+                         "or take it out of the mixture")
+    ctx.log(f"pipeline {pipe.name}: no records kept, so no pretraining documents")
+    return 0
 
 
 def pretraining_text(record: Record, fmt: str) -> str:
