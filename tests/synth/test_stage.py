@@ -157,3 +157,21 @@ def test_a_source_pipeline_that_keeps_nothing_is_a_clear_error_only_if_pretraini
         run_dir = run_pipeline(recipe, only="data", log=lambda m: None)
         run_pipeline(recipe, only="synth", log=lambda m: None)
     assert not (run_dir / "synth" / "train" / "web_rewrite.jsonl").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("synth.pipelines.0.steps.0.technique=rewrit", "unknown technique 'rewrit'; choose one of"),
+    ("synth.pipelines.0.steps.0.nn=2", "technique 'rewrite': nn: unknown key \\(allowed: .*kinds"),
+    ("synth.pipelines.0.steps.0.n=0", "technique 'rewrite': n: Input should be greater than or equal to 1"),
+    ("synth.pipelines.0.input=nowhere", "input = 'nowhere' is neither a data source"),
+    ("synth.pipelines.0.steps.0.models={teacher = \"critic\"}", "unknown model role\\(s\\) \\['critic'\\]"),
+    ("synth.pipelines.7.max_records=2", "'synth.pipelines.7' is not an index of a list with 2 entries"),
+])
+def test_bad_synth_entries_are_clear_errors(override, message):
+    from pathlib import Path
+
+    from phiforge.errors import ConfigError
+
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "tiny.toml"
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(tiny, [override])
