@@ -3,8 +3,10 @@
 One ``Trainer`` owns the step loop: gradient accumulation, clipping, the LR
 schedule, periodic held-out loss, one log line per step, a metrics JSONL, and
 checkpoints with exact resume. *What* is optimised is the ``objective``
-(``causal_lm_loss`` here; masked-SFT and DPO objectives plug in later), and
-*which* tokens come from the ``sampler``.
+(``causal_lm_loss`` here; masked SFT and DPO in ``phiforge.posttrain``), and
+*which* examples come from the ``sampler``. A batch is anything with ``.to(device)``
+(a packed tensor, or a dataclass for SFT / DPO that also reports ``n_tokens``); an
+objective returns a loss, or ``(loss, metrics)`` whose metrics are logged with it.
 
 Optimiser: AdamW with weight decay 0.1 on matrices (not on norm gains) and linear
 warm-up then linear decay (Phi-4 report §3). On CPUs we train in fp32 (bf16
@@ -114,23 +116,26 @@ class Trainer:
                                         self.spec.max_steps, self.spec.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss_sum, extras, tokens = 0.0, {}, 0
         for _ in range(self.spec.grad_accum):
             batch = self.sampler.next_batch(self.spec.micro_batch_size).to(self.device)
-            loss = self.objective(self.model, batch, self._autocast)
+            loss, metrics = _split(self.objective(self.model, batch, self._autocast))
             (loss / self.spec.grad_accum).backward()
             loss_sum += loss.item()
+            tokens += batch_tokens(batch, self.spec)
+            for k, v in metrics.items():
+                extras[k] = extras.get(k, 0.0) + float(v) / self.spec.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         dt = time.perf_counter() - t0
         self.elapsed += dt
-        tokens = self.spec.grad_accum * self.spec.micro_batch_size * self.spec.seq_len * self.sampler.world_size
+        tokens *= self.sampler.world_size
         self.tokens_seen += tokens
         self._record({"kind": "train", "step": self.step, "loss": loss_sum / self.spec.grad_accum, "lr": lr,
                       "grad_norm": float(grad_norm), "tokens": self.tokens_seen,
-                      "tokens_per_s": tokens / dt, "elapsed_s": round(self.elapsed, 3)})
+                      "tokens_per_s": tokens / dt, "elapsed_s": round(self.elapsed, 3), **extras})
 
     def _autocast(self):
         if self.spec.precision == "bf16":
@@ -142,14 +147,19 @@ class Trainer:
         if not self.eval_sets:
             return
         self.model.eval()
-        losses = {}
+        losses, extras = {}, {}
         for name, seqs in self.eval_sets.items():
-            vals = [self.objective(self.model, seqs[i:i + self.spec.micro_batch_size].to(self.device),
-                                   self._autocast).item()
-                    for i in range(0, len(seqs), self.spec.micro_batch_size)]
+            vals, sums = [], {}
+            for i in range(0, len(seqs), self.spec.micro_batch_size):
+                loss, metrics = _split(self.objective(self.model, seqs[i:i + self.spec.micro_batch_size].to(self.device),
+                                                      self._autocast))
+                vals.append(loss.item())
+                for k, v in metrics.items():
+                    sums.setdefault(k, []).append(float(v))
             losses[name] = sum(vals) / len(vals)
+            extras.update({f"{name}/{k}": sum(v) / len(v) for k, v in sums.items()})
         self.model.train()
-        self._record({"kind": "eval", "step": self.step, "val_loss": losses})
+        self._record({"kind": "eval", "step": self.step, "val_loss": losses, **({"val_metrics": extras} if extras else {})})
 
     # -- logging ----------------------------------------------------------
     def _record(self, row: dict) -> None:
@@ -191,6 +201,19 @@ class Trainer:
                 "tokens_per_s": self.tokens_seen / self.elapsed if self.elapsed else math.nan,
                 "final_loss": train[-1]["loss"] if train else None,
                 "final_val_loss": evals[-1]["val_loss"] if evals else None}
+
+
+def _split(out) -> tuple[torch.Tensor, dict]:
+    """An objective returns a loss, or ``(loss, metrics)`` (e.g. DPO reward accuracy) to log with it."""
+    if isinstance(out, tuple):
+        return out[0], dict(out[1])
+    return out, {}
+
+
+def batch_tokens(batch, spec: TrainSpec) -> int:
+    """Tokens in a micro-batch: ``batch.n_tokens`` when the batch knows (SFT, DPO), else the packed size."""
+    n = getattr(batch, "n_tokens", None)
+    return int(n) if n is not None else spec.micro_batch_size * spec.seq_len
 
 
 def read_metrics(path: Path) -> list[dict]:
