@@ -21,6 +21,8 @@ FAST_OVERRIDES = [
     "midtrain.eval_every=2", "midtrain.checkpoint_every=2", "midtrain.valid_sequences=2",
     "eval.max_new_tokens=8", "eval.batch_size=8",
     "synth.enabled=false",
+    "sft.enabled=false", "pts.enabled=false", "dpo.enabled=false", "judge.enabled=false",
+    "dpo_judge.enabled=false", "eval.models=[\"pretrain\",\"midtrain\"]",
 ]
 # The tiny recipe's synthetic-data pipelines at a size that runs in seconds on the bundled teacher.
 SMALL_SYNTH = [

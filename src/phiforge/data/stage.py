@@ -2,7 +2,9 @@
 
 Output layout (``runs/<name>/data/``): ``train/<source>.jsonl`` and
 ``valid/<source>.jsonl`` with ``{"id", "text"}`` rows, and ``eval.jsonl`` with
-``{"id", "question", "answer"}`` items. Later issues (synthetic data, curation)
+``{"id", "question", "answer"}`` items; with tinymath also ``posttrain/sft.jsonl``
+(``{"id", "messages"}``) and ``posttrain/prompts.jsonl`` (``{"id", "question",
+"answer"}``) for the post-training stages. Later issues (synthetic data, curation)
 replace or extend what feeds these files; everything downstream reads only them.
 """
 
@@ -45,6 +47,11 @@ def _write_tinymath(ctx: StageContext, out: Path, stats: dict) -> None:
         stats["sources"][name] = {"docs": len(rows), "chars": sum(len(r["text"]) for r in rows),
                                   "valid_docs": len(splits.get(f"valid/{name}", []))}
     stats["eval_items"] = len(splits["eval"])
+    post = tinymath.posttrain_sets(ctx.recipe.run.seed, t.sft_examples, t.posttrain_prompts,
+                                   {it["question"] for it in splits["eval"]})
+    for key, rows in post.items():
+        write_jsonl(out / f"{key}.jsonl", rows)
+    stats["posttrain"] = {key.split("/")[1]: len(rows) for key, rows in post.items()}
 
 
 def tinymath_sources() -> tuple[str, ...]:

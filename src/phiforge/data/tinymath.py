@@ -13,6 +13,10 @@ in a domain whose answers a program can check:
   the pretraining context, for midtraining (§3.3: natural long documents beat
   artificially packed ones).
 * ``eval`` items: held-out problems (question + answer), never seen in training.
+* post-training sets (``posttrain_sets``): SFT conversations (user = question,
+  assistant = the step-by-step solution, Phi-4 chat format) and prompts with
+  answer keys for Pivotal Token Search and judge-guided DPO, drawn from their own
+  random stream so adding them never changes the pretraining corpus.
 
 Until the synthetic-data and curation stages land, this module is the tiny
 recipe's data stage. Everything is a pure function of the seed.
@@ -191,3 +195,22 @@ def _web_rows(prefix: str, problems: list[Problem], rng: random.Random, wrong_ra
     texts = [web_doc(p, rng, wrong_rate) for p in problems]
     return [{"id": f"{prefix}-{i:06d}", "text": t, "answer": p.answer, "question": question_text(p)}
             for i, (t, p) in enumerate(zip(texts, problems))]
+
+
+def sft_messages(p: Problem) -> list[dict]:
+    """A chat SFT example: the question as the user turn, the worked solution as the answer."""
+    return [{"role": "user", "content": question_text(p)}, {"role": "assistant", "content": solution_text(p)}]
+
+
+def posttrain_sets(seed: int, n_sft: int, n_prompts: int, exclude: set[str]) -> dict[str, list[dict]]:
+    """SFT conversations and answer-keyed prompts for post-training (Phi-4 report §4).
+
+    Drawn from ``seed + 2`` (the corpus uses ``seed``, eval ``seed + 1``) and never
+    repeating an eval question (``exclude``) or each other, so the post-training
+    stages are measured on the same held-out eval items as pretraining.
+    """
+    problems = _unique_problems(random.Random(seed + 2), n_sft + n_prompts, set(exclude))
+    sft = [{"id": f"sft-{i:06d}", "messages": sft_messages(p)} for i, p in enumerate(problems[:n_sft])]
+    prompts = [{"id": f"prompt-{i:05d}", "question": question_text(p), "answer": p.answer,
+                "steps": len(p.steps)} for i, p in enumerate(problems[n_sft:])]
+    return {"posttrain/sft": sft, "posttrain/prompts": prompts}

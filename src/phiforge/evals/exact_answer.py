@@ -18,28 +18,47 @@ from typing import Callable, Sequence
 import torch
 
 from phiforge.data import tinymath
+from phiforge.tokenize.chat import IM_END
 
 NUMBER = re.compile(r"-?\d+")
 
 
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 64,
-                    device: str = "cpu", progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Greedy completions for ``prompts`` in left-padded batches (KV cache on)."""
+                    device: str = "cpu", progress: Callable[[int, int], None] | None = None,
+                    temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """Completions for ``prompts`` in left-padded batches (KV cache on): greedy, or sampled.
+
+    ``temperature > 0`` samples (seeded by ``seed``), the simple-evals protocol the
+    report uses (t = 0.5, §7.1). Decoding stops at the end-of-text token and at
+    ``<|im_end|>`` (the end of an assistant turn, for chat-format prompts).
+    """
     model.eval()
     tokenizer.padding_side = "left"
-    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    stops = _stop_ids(tokenizer)
+    if temperature > 0:
+        torch.manual_seed(seed)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+        else {"do_sample": False}
     outs: list[str] = []
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(list(prompts[i:i + batch_size]), return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                             pad_token_id=tokenizer.pad_token_id)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                             pad_token_id=tokenizer.pad_token_id, **sampling)
         new = gen[:, enc["input_ids"].shape[1]:]
         outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
         if progress:
             progress(min(i + batch_size, len(prompts)), len(prompts))
     return outs
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(tokenizer.eos_token)]
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    if im_end is not None and tokenizer.convert_ids_to_tokens(im_end) == IM_END:
+        ids.append(im_end)
+    return ids
 
 
 def score(items: Sequence[dict], completions: Sequence[str]) -> tuple[dict, list[dict]]:

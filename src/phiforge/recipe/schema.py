@@ -43,6 +43,9 @@ class TinyMathSection(Section):
     eval_problems: int = Field(300, ge=1)
     valid_docs: int = Field(200, ge=1, description="held-out documents per source for validation loss")
     web_wrong_rate: float = Field(0.2, ge=0.0, le=1.0, description="share of web posts with a wrong answer")
+    sft_examples: int = Field(2000, ge=0, description="post-training: SFT conversations (question -> solution)")
+    posttrain_prompts: int = Field(400, ge=0, description="post-training: prompts with answer keys for PTS "
+                                                            "and judge-guided DPO")
 
 
 class SourceFile(Section):
@@ -159,10 +162,13 @@ class MidtrainSection(TrainSection):
 
 class EvalSection(Section):
     enabled: bool = True
-    models: list[Literal["pretrain", "midtrain"]] = ["pretrain", "midtrain"]
+    models: list[Literal["pretrain", "midtrain", "sft", "dpo", "dpo_judge"]] = ["pretrain", "midtrain"]
     max_items: int | None = Field(None, ge=1, description="evaluate the first N items only")
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(64, ge=1)
+    seeds: list[int] = Field([], description="also sample each model once per seed at `temperature` and report "
+                                             "mean and a t-interval over seeds (>= 3 for Table-9-style intervals)")
+    temperature: float = Field(0.5, gt=0, description="sampling temperature with `seeds` (simple-evals: 0.5)")
 
 
 class ReportSection(Section):
@@ -329,6 +335,138 @@ class SynthSection(Section):
         return [p.name for p in self.pipelines if p.source] if self.enabled else []
 
 
+DATA_REF = "data:"  # "data:<name>" = the data stage's <name>.jsonl
+
+
+class SFTSection(TrainSection):
+    """Supervised fine-tuning (report §4.1): chat data, loss on assistant tokens only.
+
+    ``seq_len`` is the longest example in tokens (and the row length when packing).
+    The report's LR 1e-6 is for 14B; small models need far more (tiny recipe: 1e-3).
+    """
+
+    enabled: bool = False
+    data: list[str] = Field(default_factory=lambda: [f"{DATA_REF}posttrain/sft"], min_length=1,
+                            description="JSONL files of {messages} rows; 'data:<name>' = the data stage's file")
+    init: Literal["auto", "pretrain", "midtrain"] = Field("auto", description="starting model; auto = midtrain "
+                                                                              "if enabled, else pretrain")
+    max_steps: int = Field(300, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(256, ge=8)
+    lr: float | None = Field(1e-3, gt=0, description="peak LR (the report's 1e-6 is for 14B)")
+    warmup_steps: int = Field(10, ge=0)
+    packing: bool = Field(False, description="pack several examples per row (loss mask kept)")
+    overlong: Literal["drop", "truncate"] = Field("drop", description="examples longer than seq_len")
+    valid_examples: int = Field(64, ge=0, description="held out for the validation loss")
+
+
+class PTSSection(Section):
+    """DPO round 1 data: Pivotal Token Search on the SFT policy (report §4.3).
+
+    ``search`` holds the engine's settings (``phiforge.posttrain.pts.PTSConfig``:
+    p_gap, rollouts, adaptive sampling, split rule, ...), validated when the recipe loads.
+    """
+
+    enabled: bool = False
+    prompts: str = Field(f"{DATA_REF}posttrain/prompts", description="JSONL of {question, answer} (or "
+                         "{messages, answer}); 'data:<name>' = the data stage's file")
+    first: int = Field(0, ge=0, description="skip this many prompts (keeps PTS and judge prompts disjoint)")
+    max_queries: int = Field(64, ge=1)
+    oracle: Literal["answer_line", "math", "choice", "code"] = Field(
+        "answer_line", description="answer_line: first 'Answer: N' equals the key; math: equivalence; choice: "
+                                   "letter key; code: tests in the sandbox")
+    chunk_size: int = Field(16, ge=1, description="queries searched together; the unit of resume")
+    search: dict[str, Any] = Field(default_factory=dict, description="PTSConfig keys")
+
+    @model_validator(mode="after")
+    def _search_config(self):
+        from phiforge.posttrain.pts import PTSConfig
+
+        try:
+            PTSConfig(**self.search)
+        except ValidationError as e:
+            raise ValueError(_nested_errors("search", PTSConfig, e)) from None
+        return self
+
+    def search_config(self, seed: int):
+        from phiforge.posttrain.pts import PTSConfig
+
+        return PTSConfig(**{"seed": seed, **self.search})
+
+
+class DPOSection(TrainSection):
+    """Direct preference optimisation on exact token ids (report §4; β, LR, epochs UNCONFIRMED).
+
+    ``seq_len`` is the longest prompt + response in tokens; longer pairs are dropped and counted.
+    """
+
+    enabled: bool = False
+    pairs: list[str] = Field(default_factory=lambda: ["pts"], min_length=1,
+                             description="stages that made pairs (pts, judge) or token-pair JSONL paths")
+    init: Literal["auto", "sft", "dpo"] = Field("auto", description="starting policy (and reference); auto = "
+                                                                    "the previous post-training stage")
+    beta: float = Field(0.1, gt=0, description="DPO beta (UNCONFIRMED in the report)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO; 0 = standard DPO")
+    max_steps: int = Field(60, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(512, ge=8)
+    lr: float | None = Field(1e-4, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, description="0 as usual for DPO")
+    eval_every: int = Field(20, ge=0)
+    checkpoint_every: int = Field(20, ge=0)
+    valid_fraction: float = Field(0.1, ge=0, lt=1, description="pairs held out for reward accuracy")
+
+
+class JudgeSection(Section):
+    """DPO round 2 data: candidates from several models, any-vs-any pairs labelled by a judge (App. A.2).
+
+    ``step`` holds the technique's settings (``phiforge.posttrain.judge``), validated at load.
+    """
+
+    enabled: bool = False
+    prompts: str = Field(f"{DATA_REF}posttrain/prompts", description="JSONL of {question} or {messages} rows")
+    first: int = Field(64, ge=0, description="skip this many prompts (the PTS ones)")
+    max_prompts: int = Field(32, ge=1)
+    step: dict[str, Any] = Field(default_factory=dict, description="judge_dpo technique keys (candidates, "
+                                                                   "pair types, ...)")
+
+    @model_validator(mode="after")
+    def _step_config(self):
+        from phiforge.synth.registry import config_class
+
+        cls = config_class("judge_dpo")
+        try:
+            cls(**self.step)
+        except ValidationError as e:
+            raise ValueError(_nested_errors("step", cls, e)) from None
+        return self
+
+    def step_config(self):
+        from phiforge.synth.registry import config_class
+
+        return config_class("judge_dpo")(**self.step)
+
+
+class DPOJudgeSection(DPOSection):
+    """DPO round 2 (judge-guided pairs), on top of DPO round 1 (report §4.2)."""
+
+    pairs: list[str] = Field(default_factory=lambda: ["judge"], min_length=1,
+                             description="stages that made pairs (pts, judge) or token-pair JSONL paths")
+
+
+def _nested_errors(key: str, cls, e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(x) for x in err["loc"]) or key
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{key}.{where}: unknown key (allowed: {', '.join(sorted(cls.model_fields))})")
+        else:
+            parts.append(f"{key}.{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 class Recipe(Section):
     """A whole run: every stage's settings."""
 
@@ -342,6 +480,11 @@ class Recipe(Section):
     report: ReportSection = ReportSection()
     models: ModelsSection = ModelsSection()
     synth: SynthSection = SynthSection()
+    sft: SFTSection = SFTSection()
+    pts: PTSSection = PTSSection()
+    dpo: DPOSection = DPOSection()
+    judge: JudgeSection = JudgeSection()
+    dpo_judge: DPOJudgeSection = DPOJudgeSection()
 
     @model_validator(mode="after")
     def _cross_checks(self):
@@ -354,6 +497,7 @@ class Recipe(Section):
                              f"({self.model.max_positions()} for preset '{self.model.preset}'); lower "
                              "pretrain.seq_len or raise model.max_position_embeddings")
         self._check_synth(known)
+        self._check_posttrain()
         if self.midtrain.enabled and not self.data.long_source_names():
             raise ValueError("midtrain needs a long-document source: use data.generator = 'tinymath' or add a "
                              "[[data.sources]] entry with kind = 'long' (or set midtrain.enabled = false)")
@@ -375,6 +519,30 @@ class Recipe(Section):
                     raise ValueError(f"synth.pipelines[{i}].steps[{j}].models names unknown model role(s) {bad}; "
                                      f"roles are {sorted(roles)}")
             earlier.append(pipe.name)
+
+    def _check_posttrain(self) -> None:
+        """Each post-training stage needs the one before it, and data refs need the tinymath generator."""
+        if self.pts.enabled and not self.sft.enabled:
+            raise ValueError("pts samples from the SFT model: set sft.enabled = true (or pts.enabled = false)")
+        if self.judge.enabled and not self.sft.enabled:
+            raise ValueError("judge needs a policy from sft: set sft.enabled = true (or judge.enabled = false)")
+        for name in ("dpo", "dpo_judge"):
+            sec = getattr(self, name)
+            if not sec.enabled:
+                continue
+            for ref in sec.pairs:
+                if ref in ("pts", "judge") and not getattr(self, ref).enabled:
+                    raise ValueError(f"{name}.pairs names stage {ref!r}, which is disabled; enable it or "
+                                     "give token-pair JSONL paths")
+            if not self.sft.enabled:
+                raise ValueError(f"{name} starts from the SFT model: set sft.enabled = true")
+        refs = [("sft.data", r) for r in self.sft.data] if self.sft.enabled else []
+        refs += [("pts.prompts", self.pts.prompts)] if self.pts.enabled else []
+        refs += [("judge.prompts", self.judge.prompts)] if self.judge.enabled else []
+        for key, ref in refs:
+            if ref.startswith(DATA_REF) and self.data.generator != "tinymath":
+                raise ValueError(f"{key} = {ref!r} needs data.generator = 'tinymath' (which makes it); "
+                                 "point it to your own JSONL file instead")
 
     def midtrain_lr(self) -> float:
         return self.midtrain.lr or (self.pretrain.lr or 3e-4) * self.midtrain.lr_scale

@@ -30,8 +30,10 @@ from typing import Any, Callable, Iterable
 
 SectionFn = Callable[["RunView"], "str | None"]
 
-DEFAULT_ORDER = ("data", "tokenizer", "pretrain", "midtrain", "eval", "report")
+DEFAULT_ORDER = ("data", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "judge", "dpo_judge",
+                 "eval", "report")
 TRAINING_STAGES = ["pretrain", "midtrain"]  # stages with metrics.jsonl / mixture.json
+POSTTRAIN_STAGES = ["sft", "dpo", "dpo_judge"]  # metrics.jsonl, shown only when they ran
 EXAMPLES_PER_MODEL = 5
 _SAFE_NAME = re.compile(r"^[\w.-]+$")
 
@@ -333,7 +335,7 @@ def _mixture_table(mix: dict) -> str:
 def loss_curves(view: RunView) -> str:
     """Train loss per step and held-out loss per source, one figure per training stage."""
     parts = []
-    for stage in TRAINING_STAGES:
+    for stage in TRAINING_STAGES + [s for s in POSTTRAIN_STAGES if view.exists(f"{s}/metrics.jsonl")]:
         rows = view.jsonl(f"{stage}/metrics.jsonl")
         train, evals = _loss_series(rows or [])
         if train or evals:
@@ -529,3 +531,4 @@ def _page(title: str, body: str) -> str:
 
 # Pages of later stages register themselves after the core sections.
 from phiforge.report import synth as _synth  # noqa: E402,F401
+from phiforge.report import posttrain as _posttrain  # noqa: E402,F401

@@ -22,14 +22,16 @@ class StageContext:
     _backends: dict = field(default_factory=dict, repr=False)
     _closer: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
 
-    def backend(self, role: str = "teacher") -> Any:
+    def backend(self, role: str = "teacher", policy_stage: str | None = None) -> Any:
         """The ``Backend`` for ``[models.<role>]``, opened on first use and kept for the stage.
 
         Servers it starts stop when the stage ends (``close``); its token and call
-        counts go into the stage's ``stats.json`` under ``models``.
+        counts go into the stage's ``stats.json`` under ``models``. ``policy_stage``
+        names the trained model the ``policy`` role means when the recipe leaves it
+        unset (PTS samples the SFT model; judge-guided DPO the DPO round-1 model).
         """
         if role not in self._backends:
-            ref = self.recipe.models.get(role)
+            ref = self.recipe.models.get(role, policy_stage or self.latest_pretrained())
             same = next((r for r, (b, other) in self._backends.items() if other == ref), None)
             if same is not None:  # e.g. the judge is the teacher: one model in memory, not two
                 self.log(f"model {role}: same as {same}")
@@ -43,6 +45,9 @@ class StageContext:
             backend = self._closer.enter_context(open_backend(ref, run_dir=self.run_dir, role=role, progress=bar))
             self._backends[role] = (backend, ref)
         return self._backends[role][0]
+
+    def latest_pretrained(self) -> str:
+        return "midtrain" if self.recipe.midtrain.enabled else "pretrain"
 
     def has_backend(self, role: str) -> bool:
         return role in self._backends

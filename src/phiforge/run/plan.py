@@ -162,5 +162,31 @@ def synth_section(recipe: Recipe, run_dir: Path, only, start) -> str:
     return "\n".join(lines)
 
 
+def posttrain_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
+    """What each enabled post-training stage will do (report §4), in pipeline order."""
+    r = recipe
+    lines = []
+    if r.sft.enabled:
+        lines.append(f"  sft        {r.sft.max_steps} steps x {r.sft.micro_batch_size} x {r.sft.grad_accum} (accum), "
+                     f"examples <= {r.sft.seq_len} tokens, LR {r.sft.lr:g}, packing {r.sft.packing}; "
+                     f"data {', '.join(r.sft.data)}")
+    if r.pts.enabled:
+        c = r.pts.search_config(r.run.seed)
+        lines.append(f"  pts        {r.pts.max_queries} queries from {r.pts.prompts} (skip {r.pts.first}), oracle "
+                     f"{r.pts.oracle}; p_gap {c.p_gap}, window [{c.query_min_p}, {c.query_max_p}], rollouts "
+                     f"{c.round_size}/round up to {c.max_rollouts}, adaptive {c.adaptive}, split {c.split}")
+    for name in ("dpo", "dpo_judge"):
+        d = getattr(r, name)
+        if d.enabled:
+            lines.append(f"  {name:<10} {d.max_steps} steps x {d.micro_batch_size} pairs, beta {d.beta:g}, LR {d.lr:g}, "
+                         f"pairs from {', '.join(d.pairs)}")
+    if r.judge.enabled:
+        c = r.judge.step_config()
+        lines.append(f"  judge      {r.judge.max_prompts} prompts (skip {r.judge.first}); candidates "
+                     f"{', '.join(c.candidates)} x {c.n_per_candidate}, judge role {c.judge_role}, pair types "
+                     f"{', '.join(c.pair_types)}, swap positions {c.swap_positions}")
+    return "post-training:\n" + "\n".join(lines) if lines else None
+
+
 PLAN_SECTIONS: list[Callable] = [stages_section, data_section, synth_section, model_section, budget_section,
-                                 models_section]
+                                 posttrain_section, models_section]
