@@ -20,7 +20,8 @@ from pathlib import Path
 from phiforge.errors import PhiforgeError
 
 DEFAULT_RECIPE = Path("recipes/tiny.toml")
-STAGE_COMMANDS = ("data", "synth", "tokenizer", "pretrain", "midtrain", "eval", "report")
+STAGE_COMMANDS = ("data", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "judge", "dpo_judge",
+                  "eval", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

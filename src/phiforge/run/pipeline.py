@@ -96,7 +96,8 @@ def fingerprints(recipe: Recipe) -> dict[str, str]:
     fps: dict[str, str] = {}
     for stage in STAGES:
         payload = stage_payload(data, stage, fps)
-        fps[stage.name] = rundir.fingerprint(payload)
+        # A disabled stage feeds nothing downstream: editing its settings must not outdate later stages.
+        fps[stage.name] = rundir.fingerprint(payload) if is_enabled(recipe, stage) else "disabled"
     return fps
 
 
