@@ -1,4 +1,4 @@
-"""The post-training stages of a recipe (Phi-4 report §4): sft → pts → dpo → judge → dpo_judge.
+"""The post-training stages of a recipe (Phi-4 report §4): refusal → sft → pts → dpo → judge → dpo_judge.
 
 Order and inputs follow the report: one round of SFT; DPO round 1 on Pivotal
 Token Search pairs sampled from the SFT policy; DPO round 2 on judge-guided
@@ -8,7 +8,9 @@ report's "DPO stage 2 only" column of Table 9.
 
 Each stage reads its inputs from earlier stage folders and writes its own:
 ``sft/model``, ``pts/{pivots,pairs,pairs.trl,solutions}.jsonl``, ``dpo/model``,
-``judge/{pairs.text,pairs}.jsonl``, ``dpo_judge/model``. Training stages resume
+``judge/{pairs.text,pairs}.jsonl``, ``dpo_judge/model``, and (when enabled)
+``refusal/{sft,pairs.text,pairs}.jsonl`` from trivia questions (§4.4), which SFT
+and DPO mix in by naming ``"refusal"`` in ``sft.data`` / ``dpo.pairs``. Training stages resume
 from their checkpoints; PTS and the judge resume chunk by chunk.
 """
 
@@ -97,13 +99,17 @@ def run_sft(ctx: StageContext) -> dict:
 
     sec = ctx.recipe.sft
     tok = load_run_tokenizer(ctx.input_dir("tokenizer"))
-    rows = read_sft_rows([resolve_ref(ctx, ref) for ref in sec.data])
+    rows = read_sft_rows([_sft_path(ctx, ref) for ref in sec.data])
     start = init_stage(ctx, sec.init, ctx.latest_pretrained())
     model = load_start_model(ctx, start)
     _threads(ctx)
     summary = train_sft(model, tok, rows, sft_config(ctx), ctx.stage_dir, device=ctx.device, log=ctx.log)
     _export(ctx, model, tok)
     return {**summary, "init": start}
+
+
+def _sft_path(ctx: StageContext, ref: str) -> Path:
+    return ctx.input_dir("refusal") / "sft.jsonl" if ref == "refusal" else resolve_ref(ctx, ref)
 
 
 def sft_config(ctx: StageContext):
@@ -154,7 +160,7 @@ def _run_dpo(ctx: StageContext, sec, default_init: str) -> dict:
 
 
 def _pairs_path(ctx: StageContext, ref: str) -> Path:
-    if ref in ("pts", "judge"):
+    if ref in ("pts", "judge", "refusal"):
         return ctx.input_dir(ref) / "pairs.jsonl"
     return resolve_ref(ctx, ref)
 
@@ -321,3 +327,43 @@ def _token_pairs(ctx: StageContext, text_rows: list[dict]) -> dict:
     write_token_pairs(ctx.stage_dir / "pairs.jsonl", pairs)
     ctx.log(f"{len(pairs)} token pairs ({dict(counts)})")
     return {"token_pairs": dict(counts)}
+
+
+# -- refusal ---------------------------------------------------------------------
+def run_refusal(ctx: StageContext) -> dict:
+    """Hallucination-refusal rows (report §4.4, App. A.1) probing the run's base model's knowledge."""
+    from phiforge.dataflow.records import Record
+    from phiforge.dataflow.step import StepContext
+    from phiforge.posttrain.judge import text_row
+    from phiforge.synth.registry import build_step
+
+    sec = ctx.recipe.refusal
+    cfg = sec.step_config()
+    models = {role: ctx.backend(role, policy_stage=ctx.latest_pretrained())
+              for role in ("teacher", "policy", cfg.checker_role)}
+    records = _trivia_records(Path(sec.questions).expanduser(), sec.max_questions, cfg)
+    step = build_step("hallucination_refusal", cfg, models)
+    sctx = StepContext("hallucination_refusal")
+    rows = [text_row(rec) for rec in step.run(iter(records), sctx)]
+    sft = [{"id": r["id"], "kind": r["kind"], "messages": r["messages"]} for r in rows if "chosen" not in r]
+    pairs = [r for r in rows if "chosen" in r]
+    write_jsonl(ctx.stage_dir / "sft.jsonl", sft)
+    write_jsonl(ctx.stage_dir / "pairs.text.jsonl", pairs)
+    write_jsonl(ctx.stage_dir / "pairs.trl.jsonl", [_trl_conversational(r) for r in pairs])
+    kinds = {k: sum(r["kind"] == k for r in rows) for k in sorted({r["kind"] for r in rows})}
+    ctx.log(f"{len(records)} questions -> {len(sft)} SFT rows, {len(pairs)} DPO pairs: {kinds}")
+    return {**sctx.stats(), **_token_pairs(ctx, pairs), "questions": len(records), "kinds": kinds}
+
+
+def _trivia_records(path: Path, limit: int, cfg) -> list:
+    from phiforge.dataflow.records import Record
+
+    if not path.is_file():
+        raise DataError(f"refusal.questions: {path} does not exist; point it to a JSONL of trivia questions")
+    records = []
+    for lineno, obj in read_jsonl_lines(path, required=("question", "answer")):
+        if len(records) >= limit:
+            break
+        meta = {cfg.answer_key: obj["answer"], cfg.aliases_key: obj.get("aliases") or []}
+        records.append(Record(id=str(obj.get("id", f"q{lineno:06d}")), text=obj["question"], metadata=meta))
+    return records

@@ -347,7 +347,8 @@ class SFTSection(TrainSection):
 
     enabled: bool = False
     data: list[str] = Field(default_factory=lambda: [f"{DATA_REF}posttrain/sft"], min_length=1,
-                            description="JSONL files of {messages} rows; 'data:<name>' = the data stage's file")
+                            description="JSONL files of {messages} rows; 'data:<name>' = the data stage's file; "
+                                        "'refusal' = the refusal stage's SFT rows")
     init: Literal["auto", "pretrain", "midtrain"] = Field("auto", description="starting model; auto = midtrain "
                                                                               "if enabled, else pretrain")
     max_steps: int = Field(300, ge=1)
@@ -402,7 +403,7 @@ class DPOSection(TrainSection):
 
     enabled: bool = False
     pairs: list[str] = Field(default_factory=lambda: ["pts"], min_length=1,
-                             description="stages that made pairs (pts, judge) or token-pair JSONL paths")
+                             description="stages that made pairs (pts, judge, refusal) or token-pair JSONL paths")
     init: Literal["auto", "sft", "dpo"] = Field("auto", description="starting policy (and reference); auto = "
                                                                     "the previous post-training stage")
     beta: float = Field(0.1, gt=0, description="DPO beta (UNCONFIRMED in the report)")
@@ -449,11 +450,44 @@ class JudgeSection(Section):
         return config_class("judge_dpo")(**self.step)
 
 
+class RefusalSection(Section):
+    """Hallucination-refusal SFT and DPO data from trivia questions (report §4.4, App. A.1).
+
+    The policy whose knowledge is probed is the run's base model (the paper samples
+    phi-4 base); the teacher writes answers, refusals and bogus questions, the judge
+    role grades answers against the key. ``sft.data`` and ``dpo.pairs`` take its rows
+    with the entry ``"refusal"`` (the report mixes 1-5% of such data into each stage).
+    """
+
+    enabled: bool = False
+    questions: str | None = Field(None, description="JSONL of {question, answer, aliases?} trivia items")
+    max_questions: int = Field(256, ge=1)
+    step: dict[str, Any] = Field(default_factory=dict, description="hallucination_refusal technique keys")
+
+    @model_validator(mode="after")
+    def _step_config(self):
+        if self.enabled and not self.questions:
+            raise ValueError("refusal.questions: set the JSONL file of trivia questions with answers")
+        from phiforge.synth.registry import config_class
+
+        cls = config_class("hallucination_refusal")
+        try:
+            cls(**self.step)
+        except ValidationError as e:
+            raise ValueError(_nested_errors("step", cls, e)) from None
+        return self
+
+    def step_config(self):
+        from phiforge.synth.registry import config_class
+
+        return config_class("hallucination_refusal")(**self.step)
+
+
 class DPOJudgeSection(DPOSection):
     """DPO round 2 (judge-guided pairs), on top of DPO round 1 (report §4.2)."""
 
     pairs: list[str] = Field(default_factory=lambda: ["judge"], min_length=1,
-                             description="stages that made pairs (pts, judge) or token-pair JSONL paths")
+                             description="stages that made pairs (pts, judge, refusal) or token-pair JSONL paths")
 
 
 def _nested_errors(key: str, cls, e: ValidationError) -> str:
@@ -480,6 +514,7 @@ class Recipe(Section):
     report: ReportSection = ReportSection()
     models: ModelsSection = ModelsSection()
     synth: SynthSection = SynthSection()
+    refusal: RefusalSection = RefusalSection()
     sft: SFTSection = SFTSection()
     pts: PTSSection = PTSSection()
     dpo: DPOSection = DPOSection()
@@ -531,11 +566,13 @@ class Recipe(Section):
             if not sec.enabled:
                 continue
             for ref in sec.pairs:
-                if ref in ("pts", "judge") and not getattr(self, ref).enabled:
+                if ref in ("pts", "judge", "refusal") and not getattr(self, ref).enabled:
                     raise ValueError(f"{name}.pairs names stage {ref!r}, which is disabled; enable it or "
                                      "give token-pair JSONL paths")
             if not self.sft.enabled:
                 raise ValueError(f"{name} starts from the SFT model: set sft.enabled = true")
+        if self.sft.enabled and "refusal" in self.sft.data and not self.refusal.enabled:
+            raise ValueError("sft.data names 'refusal', but refusal.enabled is false; enable it or drop the entry")
         refs = [("sft.data", r) for r in self.sft.data] if self.sft.enabled else []
         refs += [("pts.prompts", self.pts.prompts)] if self.pts.enabled else []
         refs += [("judge.prompts", self.judge.prompts)] if self.judge.enabled else []

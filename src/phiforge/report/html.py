@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 
 SectionFn = Callable[["RunView"], "str | None"]
 
-DEFAULT_ORDER = ("data", "synth", "tokenizer", "pretrain", "midtrain", "sft", "pts", "dpo", "judge", "dpo_judge",
+DEFAULT_ORDER = ("data", "synth", "tokenizer", "pretrain", "midtrain", "refusal", "sft", "pts", "dpo", "judge", "dpo_judge",
                  "eval", "report")
 TRAINING_STAGES = ["pretrain", "midtrain"]  # stages with metrics.jsonl / mixture.json
 POSTTRAIN_STAGES = ["sft", "dpo", "dpo_judge"]  # metrics.jsonl, shown only when they ran

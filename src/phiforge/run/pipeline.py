@@ -1,7 +1,7 @@
 """The stage pipeline: ordered stages, skip-if-finished, ``--only`` and ``--from``.
 
 Stages run in a fixed order (data → synth → tokenizer → pretrain → midtrain →
-sft → pts → dpo → judge → dpo_judge → eval → report); later issues insert theirs (synthetic data, curation, SFT, DPO) into
+refusal → sft → pts → dpo → judge → dpo_judge → eval → report); later issues insert theirs (synthetic data, curation, SFT, DPO) into
 ``STAGES``. Each stage declares the recipe sections it reads and the stages whose
 output it consumes; its fingerprint hashes both, so changing ``pretrain.lr`` marks
 pretraining and everything downstream as out of date, and nothing upstream.
@@ -54,17 +54,20 @@ STAGES: list[Stage] = [
           resumable=True, description="pretrain on the source mixture"),
     Stage("midtrain", ("midtrain",), ("pretrain",), _lazy("phiforge.train.stages", "run_midtrain"),
           resumable=True, description="long-context midtraining (RoPE base up, LR / 10, 30% long data)"),
-    Stage("sft", ("sft",), ("data", "tokenizer", "pretrain", "midtrain"),
+    Stage("refusal", ("models", "refusal"), ("data", "tokenizer", "pretrain", "midtrain"),
+          _lazy("phiforge.posttrain.stages", "run_refusal"), resumable=True,
+          description="hallucination-refusal SFT rows and DPO pairs from trivia questions"),
+    Stage("sft", ("sft",), ("data", "tokenizer", "pretrain", "midtrain", "refusal"),
           _lazy("phiforge.posttrain.stages", "run_sft"), resumable=True,
           description="supervised fine-tuning on chat data (loss on assistant tokens)"),
     Stage("pts", ("models", "pts"), ("data", "sft"), _lazy("phiforge.posttrain.stages", "run_pts"),
           resumable=True, description="Pivotal Token Search on the SFT policy: single-token DPO pairs"),
-    Stage("dpo", ("dpo",), ("sft", "pts"), _lazy("phiforge.posttrain.stages", "run_dpo"), resumable=True,
+    Stage("dpo", ("dpo",), ("sft", "pts", "refusal"), _lazy("phiforge.posttrain.stages", "run_dpo"), resumable=True,
           description="DPO round 1 on the PTS pairs (exact token ids)"),
     Stage("judge", ("models", "judge"), ("data", "tokenizer", "sft", "dpo"),
           _lazy("phiforge.posttrain.stages", "run_judge"), resumable=True,
           description="judge-guided pairs: candidates from several models, labelled by the judge"),
-    Stage("dpo_judge", ("dpo_judge",), ("sft", "dpo", "judge"), _lazy("phiforge.posttrain.stages", "run_dpo_judge"),
+    Stage("dpo_judge", ("dpo_judge",), ("sft", "dpo", "judge", "refusal"), _lazy("phiforge.posttrain.stages", "run_dpo_judge"),
           resumable=True, description="DPO round 2 on the judge-guided pairs"),
     Stage("eval", ("eval",), ("pretrain", "midtrain", "sft", "dpo", "dpo_judge"),
           _lazy("phiforge.evals.stage", "run_eval"),
