@@ -99,3 +99,14 @@ def test_bad_posttrain_config_is_a_clear_error(overrides, match):
             "judge.enabled=false", "dpo_judge.enabled=false"]
     with pytest.raises(ConfigError, match=match):
         _recipe(base + overrides)
+
+
+def test_sft_data_may_name_synth_pipelines_and_refusal_only_when_enabled():
+    base = ["synth.enabled=false", "pts.enabled=false", "dpo.enabled=false", "judge.enabled=false",
+            "dpo_judge.enabled=false", "sft.enabled=true"]
+    with pytest.raises(ConfigError, match=r"sft.data names 'synth:best', but the enabled synth pipelines are \[\]"):
+        _recipe(base + ["sft.data=[\"synth:best\"]"])
+    with pytest.raises(ConfigError, match="refusal.enabled is false"):
+        _recipe(base + ["sft.data=[\"refusal\"]"])
+    ok = _recipe(base[1:] + ["synth.enabled=true", "sft.data=[\"synth:web_rewrite\"]"])
+    assert ok.sft.data == ["synth:web_rewrite"]

@@ -22,6 +22,8 @@ from pathlib import Path
 from phiforge.data.records import read_jsonl, read_jsonl_lines, write_json, write_jsonl
 from phiforge.errors import ConfigError, DataError
 from phiforge.recipe.schema import DATA_REF
+
+SYNTH_REF = "synth:"
 from phiforge.run.context import StageContext
 from phiforge.tokenize.stage import load_run_tokenizer
 
@@ -109,7 +111,15 @@ def run_sft(ctx: StageContext) -> dict:
 
 
 def _sft_path(ctx: StageContext, ref: str) -> Path:
-    return ctx.input_dir("refusal") / "sft.jsonl" if ref == "refusal" else resolve_ref(ctx, ref)
+    """``refusal`` = that stage's SFT rows; ``synth:<pipeline>`` = a synth pipeline's records (e.g. best_of_n)."""
+    if ref == "refusal":
+        return ctx.input_dir("refusal") / "sft.jsonl"
+    if ref.startswith(SYNTH_REF):
+        path = ctx.input_dir("synth") / ref[len(SYNTH_REF):] / "out"
+        if not path.is_dir():
+            raise DataError(f"sft.data: {ref!r}: no synth pipeline output at {path}; name a [[synth.pipelines]] entry")
+        return path
+    return resolve_ref(ctx, ref)
 
 
 def sft_config(ctx: StageContext):

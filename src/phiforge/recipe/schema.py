@@ -348,7 +348,8 @@ class SFTSection(TrainSection):
     enabled: bool = False
     data: list[str] = Field(default_factory=lambda: [f"{DATA_REF}posttrain/sft"], min_length=1,
                             description="JSONL files of {messages} rows; 'data:<name>' = the data stage's file; "
-                                        "'refusal' = the refusal stage's SFT rows")
+                                        "'refusal' = the refusal stage's SFT rows; 'synth:<pipeline>' = a synth "
+                                        "pipeline's records (e.g. a best_of_n step)")
     init: Literal["auto", "pretrain", "midtrain"] = Field("auto", description="starting model; auto = midtrain "
                                                                               "if enabled, else pretrain")
     max_steps: int = Field(300, ge=1)
@@ -573,6 +574,10 @@ class Recipe(Section):
                 raise ValueError(f"{name} starts from the SFT model: set sft.enabled = true")
         if self.sft.enabled and "refusal" in self.sft.data and not self.refusal.enabled:
             raise ValueError("sft.data names 'refusal', but refusal.enabled is false; enable it or drop the entry")
+        pipes = [p.name for p in self.synth.pipelines] if self.synth.enabled else []
+        for ref in self.sft.data if self.sft.enabled else []:
+            if ref.startswith("synth:") and ref[len("synth:"):] not in pipes:
+                raise ValueError(f"sft.data names {ref!r}, but the enabled synth pipelines are {pipes}")
         refs = [("sft.data", r) for r in self.sft.data] if self.sft.enabled else []
         refs += [("pts.prompts", self.pts.prompts)] if self.pts.enabled else []
         refs += [("judge.prompts", self.judge.prompts)] if self.judge.enabled else []

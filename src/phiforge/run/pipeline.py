@@ -57,7 +57,7 @@ STAGES: list[Stage] = [
     Stage("refusal", ("models", "refusal"), ("data", "tokenizer", "pretrain", "midtrain"),
           _lazy("phiforge.posttrain.stages", "run_refusal"), resumable=True,
           description="hallucination-refusal SFT rows and DPO pairs from trivia questions"),
-    Stage("sft", ("sft",), ("data", "tokenizer", "pretrain", "midtrain", "refusal"),
+    Stage("sft", ("sft",), ("data", "synth", "tokenizer", "pretrain", "midtrain", "refusal"),
           _lazy("phiforge.posttrain.stages", "run_sft"), resumable=True,
           description="supervised fine-tuning on chat data (loss on assistant tokens)"),
     Stage("pts", ("models", "pts"), ("data", "sft"), _lazy("phiforge.posttrain.stages", "run_pts"),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# name -> (module, config class, step class); modules are imported only when used.
+# name -> (module, config class, step class); modules are imported only when used. A bare module
+# name is under ``phiforge.synth``; a dotted one is a full path (post-training data steps).
 TECHNIQUES: dict[str, tuple[str, str, str]] = {
     "page_educational_filter": ("seeds", "PageEducationalFilterConfig", "PageEducationalFilter"),
     "passage_segmenter": ("seeds", "PassageSegmenterConfig", "PassageSegmenter"),
@@ -27,13 +28,17 @@ TECHNIQUES: dict[str, tuple[str, str, str]] = {
     "rejection_sampling": ("rejection", "RejectionSamplerConfig", "RejectionSampler"),
     "execution_validation": ("rejection", "ExecutionValidatorConfig", "ExecutionValidator"),
     "arithmetic_check": ("arithmetic", "ArithmeticCheckConfig", "ArithmeticCheck"),
+    "best_of_n": ("phiforge.posttrain.best_of_n", "BestOfNConfig", "BestOfN"),
+    "judge_dpo": ("phiforge.posttrain.judge", "JudgeGuidedDPOPairsConfig", "JudgeGuidedDPOPairs"),
+    "hallucination_refusal": ("phiforge.posttrain.refusal", "HallucinationRefusalConfig", "HallucinationRefusal"),
 }
 
 
 def _load(name: str, which: int):
     if name not in TECHNIQUES:
         raise ValueError(f"unknown technique {name!r}; choose one of {', '.join(sorted(TECHNIQUES))}")
-    module = importlib.import_module(f"phiforge.synth.{TECHNIQUES[name][0]}")
+    module = TECHNIQUES[name][0]
+    module = importlib.import_module(module if "." in module else f"phiforge.synth.{module}")
     return getattr(module, TECHNIQUES[name][which])
 
 
