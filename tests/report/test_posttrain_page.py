@@ -30,8 +30,9 @@ def _run(tmp_path, dpo_status="done"):
               "dpo_judge": {"n": 50, "accuracy": 0.66, "accuracy_ci95": [0.5, 0.75], "extraction_failure_rate": 0.0}}
     _write(run / "eval" / "stats.json", {"models": models, "baselines": {}, "n_items": 50})
     _write(run / "dpo_judge" / "stats.json", {"steps": 7, "final_loss": 0.6, "pairs": {"train": 30, "valid": 4},
-                                              "valid_before": {"reward_accuracy": 0.0, "reward_margin": 0.0},
-                                              "valid_after": {"reward_accuracy": 0.75, "reward_margin": 0.4}})
+                                              "valid_before": {"reward_accuracy": 0.0, "logp_accuracy": 0.5},
+                                              "valid_after": {"reward_accuracy": 0.75, "logp_accuracy": 0.8,
+                                                              "reward_margin": 0.4}})
     _write(run / "pts" / "stats.json", {"search": {"queries": 8, "queries_searched": 5, "pivots": 1, "pairs": 1,
                                                    "completion_tokens": 4000, "tokens_per_pivot": 4000.0,
                                                    "drops": {"outside_window": 3}}})
@@ -49,7 +50,7 @@ def test_stage_table_and_pts_page(tmp_path):
     html = build_report(_run(tmp_path)).read_text()
     table = html[html.index('id="posttrain"'):html.index('id="pts"')]
     assert table.index("midtrain") < table.index("SFT") < table.index("+ DPO stage 2 (judge)")
-    assert "60.0%" in table and "55.0%" in table and "mean of 3 seeds" in table and "75.0%" in table
+    assert "60.0%" in table and "55.0%" in table and "mean of 3 seeds" in table and "75.0%" in table and "50.0% → 80.0%" in table
     pts = html[html.index('id="pts"'):]
     assert "rgba(30,160,60,1.00)" in pts and "outline:2px" in pts  # the pivot: green, outlined
     assert "p 0.40 (n=16) → 0.90 (n=24)" in pts and "outside_window" in pts

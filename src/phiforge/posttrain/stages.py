@@ -155,7 +155,12 @@ def _run_dpo(ctx: StageContext, sec, default_init: str) -> dict:
     model = load_start_model(ctx, start)
     tok = load_run_tokenizer(ctx.input_dir("tokenizer"))
     vocab = model.get_input_embeddings().weight.shape[0]
-    pairs = [p for ref in sec.pairs for p in read_token_pairs(_pairs_path(ctx, ref), vocab_size=vocab)]
+    pairs = []
+    for ref in sec.pairs:
+        for pair in read_token_pairs(_pairs_path(ctx, ref), vocab_size=vocab):
+            if len(sec.pairs) > 1:  # ids are unique per file; keep them unique across files
+                pair.id = f"{ref}:{pair.id}"
+            pairs.append(pair)
     if not pairs:
         ctx.log(f"WARNING: no pairs in {sec.pairs} (see that stage's stats.json drop reasons: lower its "
                 f"thresholds or give it more prompts); {ctx.stage}/model is the {start} model unchanged")

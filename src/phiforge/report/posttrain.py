@@ -61,13 +61,16 @@ def _dpo_runs(view: RunView) -> str:
         pairs, before, after = as_dict(s.get("pairs")), as_dict(s.get("valid_before")), as_dict(s.get("valid_after"))
         rows.append([LABELS[name], fmt_int(pairs.get("train")), fmt_int(pairs.get("valid")), fmt_int(s.get("steps")),
                      fmt_float(s.get("final_loss")),
-                     f"{fmt_pct(before.get('reward_accuracy'))} → {fmt_pct(after.get('reward_accuracy'))}",
-                     f"{fmt_float(before.get('reward_margin'))} → {fmt_float(after.get('reward_margin'))}"])
+                     f"{fmt_pct(before.get('logp_accuracy'))} → {fmt_pct(after.get('logp_accuracy'))}",
+                     fmt_pct(after.get("reward_accuracy")), fmt_float(after.get("reward_margin"))])
     if not rows:
         return ""
-    return "<h3>DPO runs</h3>" + table(["stage", "train pairs", "held-out pairs", "steps", "final loss",
-                                        "held-out reward accuracy", "held-out reward margin"], rows,
-                                       numeric=(1, 2, 3, 4))
+    intro = note("Held-out pairs: 'prefers chosen' = the policy gives the chosen response the higher log-prob "
+                 "(before = the starting model); reward accuracy and margin are the DPO implicit rewards "
+                 "β·log(π/π_ref) after training (0 before, by definition).")
+    return "<h3>DPO runs</h3>" + intro + table(
+        ["stage", "train pairs", "held-out pairs", "steps", "final loss", "prefers chosen (before → after)",
+         "reward accuracy", "reward margin"], rows, numeric=(1, 2, 3, 4, 6, 7))
 
 
 register_section(stage_table, after="evaluation")
