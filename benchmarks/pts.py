@@ -197,7 +197,8 @@ def real(args: argparse.Namespace) -> dict[str, Any]:
                            "threads": torch.get_num_threads()}
     for name, (config, share) in runs.items():
         backend = LocalBackend(model, tok, device=args.device, batch_size=args.batch, share_prefixes=share)
-        with OtherLoad() as load:
+        counter = _TokenCounter(model)
+        with OtherLoad() as load, counter:
             t0 = time.perf_counter()
             result = _search(backend, queries, oracle, config)
             seconds = time.perf_counter() - t0
@@ -205,10 +206,35 @@ def real(args: argparse.Namespace) -> dict[str, Any]:
         out[name] = {"seconds": seconds, "pivots": s.pivots, "pairs": s.pairs, "searched": s.queries_searched,
                      "completion_tokens": s.completion_tokens, "wasted_tokens": s.wasted_tokens,
                      "rollouts": s.rollouts, "rounds": s.rounds, "prompt_tokens": s.prompt_tokens,
-                     "tokens_per_pivot": s.completion_tokens / max(s.pivots, 1), "other_cores": load.cores}
+                     "tokens_per_pivot": s.completion_tokens / max(s.pivots, 1), "other_cores": load.cores,
+                     "model_tokens": counter.tokens, "model_tokens_per_pivot": counter.tokens / max(s.pivots, 1)}
     out["tokens_per_pivot_ratio"] = out["naive"]["tokens_per_pivot"] / out["ours"]["tokens_per_pivot"]
+    out["model_tokens_per_pivot_ratio"] = out["naive"]["model_tokens_per_pivot"] / out["ours"]["model_tokens_per_pivot"]
     out["wall_time_ratio"] = out["naive"]["seconds"] / out["ours"]["seconds"]
     return out
+
+
+class _TokenCounter:
+    """Token positions the policy runs through (prefill + decode, padding included): its compute.
+
+    Generated tokens count only decoding; without prefix sharing every rollout also
+    recomputes its prompt + prefix, which this counts.
+    """
+
+    def __init__(self, model):
+        self.model, self.tokens, self._handle = model, 0, None
+
+    def __enter__(self):
+        def hook(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is not None:
+                self.tokens += int(ids.numel())
+        self._handle = self.model.register_forward_pre_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        return False
 
 
 def _search(backend, queries, oracle, config):
@@ -226,6 +252,7 @@ def print_real(r: dict[str, Any]) -> None:
         print(f"  {name:5s}: {x['pivots']} pivots ({x['searched']} queries searched), {x['rollouts']} rollouts, "
               f"{x['completion_tokens']} tokens ({x['wasted_tokens']} cut), {x['rounds']} rounds, "
               f"{x['tokens_per_pivot']:.0f} tokens/pivot, {x['seconds']:.1f} s{load}")
+    print(f"  model tokens (prefill + decode) per pivot: naive / ours = {r['model_tokens_per_pivot_ratio']:.2f}x")
     print(f"  tokens per pivot: naive / ours = {r['tokens_per_pivot_ratio']:.2f}x; "
           f"wall time: naive / ours = {r['wall_time_ratio']:.2f}x")
 

@@ -184,7 +184,8 @@ def dpo_config(ctx: StageContext, sec):
     from phiforge.posttrain.dpo import DPOConfig
 
     return DPOConfig(beta=sec.beta, label_smoothing=sec.label_smoothing, lr=sec.lr, min_lr_ratio=sec.min_lr_ratio,
-                     max_steps=sec.max_steps, micro_batch_size=sec.micro_batch_size, grad_accum=sec.grad_accum,
+                     max_steps=sec.max_steps, epochs=sec.epochs, micro_batch_size=sec.micro_batch_size,
+                     grad_accum=sec.grad_accum,
                      warmup_steps=sec.warmup_steps, weight_decay=sec.weight_decay, grad_clip=sec.grad_clip,
                      max_length=sec.seq_len, valid_fraction=sec.valid_fraction, seed=ctx.recipe.run.seed,
                      precision=sec.precision, log_every=sec.log_every, eval_every=sec.eval_every,

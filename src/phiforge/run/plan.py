@@ -178,7 +178,8 @@ def posttrain_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
     for name in ("dpo", "dpo_judge"):
         d = getattr(r, name)
         if d.enabled:
-            lines.append(f"  {name:<10} {d.max_steps} steps x {d.micro_batch_size} pairs, beta {d.beta:g}, LR {d.lr:g}, "
+            steps = f"{d.max_steps} steps" if d.max_steps else f"{d.epochs:g} epochs"
+            lines.append(f"  {name:<10} {steps} x {d.micro_batch_size} pairs, beta {d.beta:g}, LR {d.lr:g}, "
                          f"pairs from {', '.join(d.pairs)}")
     if r.judge.enabled:
         c = r.judge.step_config()
