@@ -316,3 +316,15 @@ def test_from_pretrained_uses_folder_tokenizer(model, tok, tmp_path):
     assert loaded.name == "local:m"
     with pytest.raises(CheckpointError, match="no config.json"):
         LocalBackend.from_pretrained(tmp_path / "missing")
+
+
+def test_single_token_options_of_one_prompt_share_a_forward(be, model, tok):
+    """Multiple-choice options / judge score digits: one distribution answers every option, exactly."""
+    prompt = tok("the cat sat on the", add_special_tokens=False)["input_ids"]
+    other = tok("a dog", add_special_tokens=False)["input_ids"]
+    options = [[5], [6], [7]]
+    shared = be.score([prompt] * 3 + [other], options + [[8, 9]])
+    alone = [be.score([prompt], [o])[0] for o in options] + be.score([other], [[8, 9]])
+    assert [len(v) for v in shared] == [1, 1, 1, 2]
+    for a, b in zip(shared, alone):
+        assert a == pytest.approx(b, abs=1e-5)

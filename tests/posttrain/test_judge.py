@@ -240,3 +240,22 @@ def test_real_teacher_end_to_end(teacher):
         r.validate()
         assert r.metadata["chosen"] != r.metadata["rejected"]
     print("\nreal teacher judge:", {"kept": len(out), **ctx.drops}, c)
+
+
+def test_logprob_scoring_reads_scores_off_the_digit_distribution(teacher):
+    """scoring = 'logprob' (G-Eval style): valid 1-5 scores from any judge with score(), no JSON needed."""
+    from phiforge.dataflow.records import Record
+    from phiforge.dataflow.step import StepContext
+    from phiforge.posttrain.judge import JudgeGuidedDPOPairs, JudgeGuidedDPOPairsConfig
+
+    cfg = JudgeGuidedDPOPairsConfig(candidates=["teacher", "other"], scoring="logprob", max_tokens=8,
+                                    swap_positions=False)
+    step = JudgeGuidedDPOPairs(cfg, {"teacher": teacher, "other": teacher, "judge": teacher})
+    ctx = StepContext("judge_dpo")
+    out = list(step.run(iter([Record(id="r", text="Name a colour.")]), ctx))
+    counters = ctx.stats()["counters"]
+    assert counters["judge_score_calls"] == 6 and counters["pairs_judged"] == 1
+    for rec in out:
+        for side in ("chosen", "rejected"):
+            assert all(1.0 <= v <= 5.0 for v in rec.metadata["scores"][side].values())
+    assert len(out) + sum(ctx.stats()["drop_reasons"].values()) == 2  # one record or tie per pair type

@@ -424,11 +424,15 @@ class LocalBackend:
                               "give one continuation per prompt")
         pairs = [self._score_pair(i, p, c) for i, (p, c) in enumerate(zip(prompt_ids, continuation_ids))]
         results: list[list[float]] = [[] for _ in pairs]
-        order = sorted((i for i, (_, c) in enumerate(pairs) if c), key=lambda i: -sum(map(len, pairs[i])))
+        groups = _single_token_groups(pairs)
+        order = sorted((i for i, (_, c) in enumerate(pairs) if c and i in groups),
+                       key=lambda i: -sum(map(len, pairs[i])))
         with self._inference():
             for batch in self._score_batches(order, pairs):
-                for i, values in zip(batch, self._score_batch([pairs[i] for i in batch])):
-                    results[i] = values
+                for i, values in zip(batch, self._score_batch([pairs[i] for i in batch],
+                                                              [groups[i] for i in batch])):
+                    for member, value in values:
+                        results[member] = value
         self._usage.add(Usage(prompt_tokens=sum(len(p) + len(c) for p, c in pairs), calls=len(pairs),
                               seconds=time.perf_counter() - t0))
         return results
@@ -461,7 +465,10 @@ class LocalBackend:
         if batch:
             yield batch
 
-    def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+    def _score_batch(self, pairs: list[tuple[list[int], list[int]]],
+                     members: list[list[tuple[int, int]]]) -> list[list[tuple[int, list[float]]]]:
+        """Log-probs per pair; a pair standing for a group of single-token continuations of the same
+        prompt (``members``: (result index, token)) answers them all from one next-token distribution."""
         import torch
 
         width = max(len(p) + len(c) for p, c in pairs)
@@ -481,8 +488,13 @@ class LocalBackend:
         out = []
         for b, (p, c) in enumerate(pairs):
             rows = logits[b, len(p) - 1 - first:len(p) + len(c) - 1 - first]
-            target = torch.tensor(c, device=self.device)
-            out.append(_token_logprobs(rows, target).tolist())
+            if len(members[b]) > 1:  # one distribution, several candidate tokens
+                tokens = torch.tensor([t for _, t in members[b]], device=self.device)
+                values = _token_logprobs(rows[:1].expand(len(tokens), -1), tokens).tolist()
+                out.append([(m, [v]) for (m, _), v in zip(members[b], values)])
+            else:
+                target = torch.tensor(c, device=self.device)
+                out.append([(members[b][0][0], _token_logprobs(rows, target).tolist())])
         return out
 
     # -- helpers --------------------------------------------------------------
@@ -531,6 +543,20 @@ class _RowState:
         return Completion(text=text, token_ids=list(tokens),
                           logprobs=list(self.logprobs[r]) if params.logprobs else None,
                           finish_reason="length" if reason == "length" else "stop")
+
+
+def _single_token_groups(pairs: list[tuple[list[int], list[int]]]) -> dict[int, list[tuple[int, int]]]:
+    """``{representative: [(index, token), ...]}``: one forward per distinct prompt whose continuations
+    are single tokens (multiple-choice options, judge score digits); every other pair stands alone."""
+    groups: dict[int, list[tuple[int, int]]] = {}
+    first_of: dict[tuple[int, ...], int] = {}
+    for i, (p, c) in enumerate(pairs):
+        if len(c) == 1:
+            rep = first_of.setdefault(tuple(p), i)
+            groups.setdefault(rep, []).append((i, c[0]))
+        else:
+            groups[i] = [(i, 0)]
+    return groups
 
 
 def _pick(logits, temperature: float, top_p: float, u):

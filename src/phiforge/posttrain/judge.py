@@ -107,6 +107,11 @@ class JudgeGuidedDPOPairsConfig(StepConfig):
         "verifiable domains with a weak judge"))
     reference_key: str = Field("reference", description="metadata key of a record's reference answer")
     judge_role: str = Field("judge", pattern=IDENT, description="model role of the judge")
+    scoring: Literal["json", "logprob"] = Field("json", description=(
+        "'json': the judge writes faults, discussion and the JSON scores (App. A.2); 'logprob' (our addition, "
+        "G-Eval style): the judge's reply is forced to the JSON skeleton and each 1-5 score is the "
+        "probability-weighted mean over the digits' next-token log-probs (needs a backend with score() and a "
+        "tokenizer whose digits are single tokens). For small judges that cannot write valid JSON"))
     temperature: float = Field(0.7, ge=0.0, description="candidate sampling temperature (UNCONFIRMED)")
     max_tokens: int = Field(1024, ge=1, description="candidate response limit, tokens")
     judge_temperature: float = Field(0.0, ge=0.0, description="judge temperature (greedy: stable scores)")
@@ -354,11 +359,39 @@ class JudgeGuidedDPOPairs(GenerationStep):
                 for rec, msgs, j in items for swapped in orders]
         if not jobs:
             return
-        params = self.params(temperature=self.config.judge_temperature, max_tokens=self.config.judge_max_tokens)
-        answers = ask_json(self, ctx, [p for _, _, p in jobs], JudgeVerdict, params,
-                           role=self.config.judge_role, max_reasks=self.config.max_reasks)
-        for (judged, swapped, _), answer in zip(jobs, answers):
-            judged.verdicts.append((swapped, answer.value))
+        if self.config.scoring == "logprob":
+            verdicts = self._logprob_verdicts(ctx, [p for _, _, p in jobs])
+        else:
+            params = self.params(temperature=self.config.judge_temperature, max_tokens=self.config.judge_max_tokens)
+            answers = ask_json(self, ctx, [p for _, _, p in jobs], JudgeVerdict, params,
+                               role=self.config.judge_role, max_reasks=self.config.max_reasks)
+            verdicts = [answer.value for answer in answers]
+        for (judged, swapped, _), verdict in zip(jobs, verdicts):
+            judged.verdicts.append((swapped, verdict))
+
+    def _logprob_verdicts(self, ctx: StepContext, prompts: list[list[dict]]) -> list[JudgeVerdict]:
+        """Scores read off the judge's next-token distribution over "1".."5", one JSON slot at a time.
+
+        The reply is written for the judge: ``{"accuracy": {"1": `` then, per slot, the
+        expected score sum_d p(d) * d (over the five digits, renormalised) is recorded and
+        the most likely digit is appended before the next slot, so later scores see the
+        judge's own earlier ones. One batched ``score`` call per slot (6 per pair).
+        """
+        backend = self.backend(self.config.judge_role)
+        tok, digits = _digit_tokens(backend)
+        bases = [list(backend.chat_prompt(p)) for p in prompts]
+        texts = ['{"' + ASPECTS[0] + '": {"1": '] * len(prompts)
+        scores: list[dict] = [{a: {} for a in ASPECTS} for _ in prompts]
+        for a, aspect in enumerate(ASPECTS):
+            for slot in ("1", "2"):
+                ids = [b + tok(t, add_special_tokens=False)["input_ids"] for b, t in zip(bases, texts)]
+                flat = backend.score([x for x in ids for _ in digits], [[d] for _ in ids for d in digits])
+                ctx.stat("judge_score_calls")
+                for k in range(len(prompts)):
+                    expected, best = _expected_digit([v[0] for v in flat[k * 5:(k + 1) * 5]])
+                    scores[k][aspect][slot] = expected
+                    texts[k] += str(best) + _skeleton_after(a, slot)
+        return [JudgeVerdict(faults_discussion="(scored from next-token log-probs)", **s) for s in scores]
 
     def _judge_prompt(self, ctx: StepContext, record: Record, messages: list[dict], judged: Judged,
                       swapped: bool) -> list[dict]:
@@ -412,6 +445,39 @@ class JudgeGuidedDPOPairs(GenerationStep):
         return Record(rid, messages=messages, metadata=meta, provenance=Provenance(
             seed_id=record.id, technique=TECHNIQUE, template_id=self.template.id,
             template_version=self.template.version, model=meta["judge_model"]))
+
+
+def _digit_tokens(backend) -> tuple:
+    """The judge's tokenizer and the ids of "1".."5" (each must be one token)."""
+    tok = getattr(backend, "tokenizer", None)
+    if tok is None or not hasattr(backend, "score"):
+        raise ConfigError(f"{TECHNIQUE}: scoring = 'logprob' needs a judge backend with a tokenizer and score() "
+                          "(local, or http with models.judge.tokenizer set); use scoring = 'json'")
+    ids = [tok(str(d), add_special_tokens=False)["input_ids"] for d in range(1, 6)]
+    if any(len(x) != 1 for x in ids):
+        raise ConfigError(f"{TECHNIQUE}: scoring = 'logprob' needs the digits 1-5 to be single tokens of the "
+                          "judge's tokenizer; use scoring = 'json'")
+    return tok, [x[0] for x in ids]
+
+
+def _expected_digit(logprobs: list[float]) -> tuple[float, int]:
+    """(probability-weighted mean of 1..5, most likely digit), the five renormalised."""
+    import math
+
+    top = max(logprobs)
+    weights = [math.exp(v - top) for v in logprobs]
+    total = sum(weights)
+    expected = sum((d + 1) * w for d, w in enumerate(weights)) / total
+    return round(expected, 4), 1 + max(range(5), key=lambda d: logprobs[d])
+
+
+def _skeleton_after(aspect_index: int, slot: str) -> str:
+    """The JSON between one score slot and the next."""
+    if slot == "1":
+        return ', "2": '
+    if aspect_index + 1 < len(ASPECTS):
+        return '}, "' + ASPECTS[aspect_index + 1] + '": {"1": '
+    return "}}"
 
 
 def _order_winners(judged: Judged) -> list[str | None]:
