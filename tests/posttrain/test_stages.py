@@ -110,3 +110,14 @@ def test_sft_data_may_name_synth_pipelines_and_refusal_only_when_enabled():
         _recipe(base + ["sft.data=[\"refusal\"]"])
     ok = _recipe(base[1:] + ["synth.enabled=true", "sft.data=[\"synth:web_rewrite\"]"])
     assert ok.sft.data == ["synth:web_rewrite"]
+
+
+def test_dry_run_lists_the_post_training_stages_in_order():
+    from phiforge.run.plan import posttrain_section
+
+    text = posttrain_section(_recipe([]), Path("/nonexistent"), None, None)
+    names = [line.split()[0] for line in text.splitlines()[1:]]
+    assert names == ["sft", "pts", "dpo", "judge", "dpo_judge"]
+    assert "logprob scoring" in text and "window [0.2, 0.8]" in text
+    assert posttrain_section(_recipe(["sft.enabled=false", "pts.enabled=false", "dpo.enabled=false",
+                                      "judge.enabled=false", "dpo_judge.enabled=false"]), Path("."), None, None) is None

@@ -175,18 +175,25 @@ def posttrain_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
         lines.append(f"  pts        {r.pts.max_queries} queries from {r.pts.prompts} (skip {r.pts.first}), oracle "
                      f"{r.pts.oracle}; p_gap {c.p_gap}, window [{c.query_min_p}, {c.query_max_p}], rollouts "
                      f"{c.round_size}/round up to {c.max_rollouts}, adaptive {c.adaptive}, split {c.split}")
-    for name in ("dpo", "dpo_judge"):
-        d = getattr(r, name)
-        if d.enabled:
-            steps = f"{d.max_steps} steps" if d.max_steps else f"{d.epochs:g} epochs"
-            lines.append(f"  {name:<10} {steps} x {d.micro_batch_size} pairs, beta {d.beta:g}, LR {d.lr:g}, "
-                         f"pairs from {', '.join(d.pairs)}")
-    if r.judge.enabled:
-        c = r.judge.step_config()
-        lines.append(f"  judge      {r.judge.max_prompts} prompts (skip {r.judge.first}); candidates "
-                     f"{', '.join(c.candidates)} x {c.n_per_candidate}, judge role {c.judge_role}, pair types "
-                     f"{', '.join(c.pair_types)}, swap positions {c.swap_positions}")
+    lines += [_dpo_line("dpo", r.dpo), _judge_line(r), _dpo_line("dpo_judge", r.dpo_judge)]
+    lines = [line for line in lines if line]
     return "post-training:\n" + "\n".join(lines) if lines else None
+
+
+def _dpo_line(name: str, d) -> str | None:
+    if not d.enabled:
+        return None
+    steps = f"{d.max_steps} steps" if d.max_steps else f"{d.epochs:g} epochs"
+    return f"  {name:<10} {steps} x {d.micro_batch_size} pairs, beta {d.beta:g}, LR {d.lr:g}, pairs from {', '.join(d.pairs)}"
+
+
+def _judge_line(r: Recipe) -> str | None:
+    if not r.judge.enabled:
+        return None
+    c = r.judge.step_config()
+    return (f"  judge      {r.judge.max_prompts} prompts (skip {r.judge.first}); candidates {', '.join(c.candidates)} "
+            f"x {c.n_per_candidate}, judge role {c.judge_role} ({c.scoring} scoring), pair types "
+            f"{', '.join(c.pair_types)}, swap positions {c.swap_positions}")
 
 
 PLAN_SECTIONS: list[Callable] = [stages_section, data_section, synth_section, model_section, budget_section,
