@@ -165,8 +165,10 @@ def split_prompt(record: Record, prompt_key: str | None = None) -> tuple[list[di
 
 
 def conversation_text(messages: list[dict]) -> str:
-    """Chat messages as ``User: ...`` blocks for the judge to read."""
-    return "\n\n".join(f"{m['role'].capitalize()}: {m['content'].strip()}" for m in messages)
+    """Chat messages as ``User: ...`` blocks for the judge to read (the judge-guided DPO layout)."""
+    from phiforge.posttrain.judge import render_conversation
+
+    return render_conversation(messages)
 
 
 class BestOfN(GenerationStep):

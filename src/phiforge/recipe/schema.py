@@ -438,19 +438,11 @@ class JudgeSection(Section):
 
     @model_validator(mode="after")
     def _step_config(self):
-        from phiforge.synth.registry import config_class
-
-        cls = config_class("judge_dpo")
-        try:
-            cls(**self.step)
-        except ValidationError as e:
-            raise ValueError(_nested_errors("step", cls, e)) from None
+        _technique_config("judge_dpo", self.step)
         return self
 
     def step_config(self):
-        from phiforge.synth.registry import config_class
-
-        return config_class("judge_dpo")(**self.step)
+        return _technique_config("judge_dpo", self.step)
 
 
 class RefusalSection(Section):
@@ -471,19 +463,11 @@ class RefusalSection(Section):
     def _step_config(self):
         if self.enabled and not self.questions:
             raise ValueError("refusal.questions: set the JSONL file of trivia questions with answers")
-        from phiforge.synth.registry import config_class
-
-        cls = config_class("hallucination_refusal")
-        try:
-            cls(**self.step)
-        except ValidationError as e:
-            raise ValueError(_nested_errors("step", cls, e)) from None
+        _technique_config("hallucination_refusal", self.step)
         return self
 
     def step_config(self):
-        from phiforge.synth.registry import config_class
-
-        return config_class("hallucination_refusal")(**self.step)
+        return _technique_config("hallucination_refusal", self.step)
 
 
 class DPOJudgeSection(DPOSection):
@@ -491,6 +475,17 @@ class DPOJudgeSection(DPOSection):
 
     pairs: list[str] = Field(default_factory=lambda: ["judge"], min_length=1,
                              description="stages that made pairs (pts, judge, refusal) or token-pair JSONL paths")
+
+
+def _technique_config(technique: str, step: dict):
+    """A post-training stage's ``step`` table as its technique's config; errors name ``step.<key>``."""
+    from phiforge.synth.registry import config_class
+
+    cls = config_class(technique)
+    try:
+        return cls(**step)
+    except ValidationError as e:
+        raise ValueError(_nested_errors("step", cls, e)) from None
 
 
 def _nested_errors(key: str, cls, e: ValidationError) -> str:
