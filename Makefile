@@ -32,7 +32,7 @@ dry-run: setup
 # The tests also need llama.cpp's server (the real OpenAI-compatible server for the
 # bundled teacher); `make run` does not, so only test set-up builds it.
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -e ".[dev,serve,verify,dataflow,ray]"
+	$(PIP) install -q -e ".[dev,serve,verify,dataflow,ray,evals]"
 	@touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)
