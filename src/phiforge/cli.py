@@ -5,6 +5,7 @@
     phiforge presets                                           # model presets and sizes
     phiforge models [RECIPE] [--check]                         # the recipe's models by role
     phiforge serve-teacher [--port N]                          # the bundled teacher behind llama.cpp
+    phiforge eval MODEL [MODEL ...] --tasks mmlu=FILE,humaneval  # any model folder / endpoint, no recipe
 
 With no RECIPE, ``recipes/tiny.toml`` (the CPU default) is used. Overrides take
 the form ``section.key=value`` (e.g. ``pretrain.max_steps=50``). User errors print
@@ -32,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", metavar="STAGE", help="run just this stage (its inputs must exist)")
     run.add_argument("--from", dest="start", metavar="STAGE", help="rerun this stage and every later one")
     for name in STAGE_COMMANDS:
-        _add_recipe_args(sub.add_parser(name, help=f"run only the '{name}' stage of a recipe"))
+        stage = sub.add_parser(name, help=f"run only the '{name}' stage of a recipe"
+                               + ("; with --tasks: evaluate any model folder or endpoint" if name == "eval" else ""))
+        _add_recipe_args(stage)
+        if name == "eval":
+            _add_eval_args(stage)
     sub.add_parser("presets", help="list the model presets with parameter counts")
     models = sub.add_parser("models", help="show the recipe's models by role; --check asks each for a reply")
     _add_recipe_args(models)
@@ -48,6 +53,27 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("args", nargs="*", metavar="RECIPE | key=value",
                    help="recipe file (default recipes/tiny.toml) and section.key=value overrides")
     p.add_argument("--dry-run", action="store_true", help="validate, print the resolved plan, and exit")
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("outside a recipe (phiforge eval MODEL [MODEL ...] --tasks ...)")
+    g.add_argument("--tasks", help="comma-separated TASK[=DATA] list, e.g. mmlu=mmlu.jsonl,humaneval,recall")
+    g.add_argument("--out", default="evals", help="output folder (one subfolder per model and task)")
+    g.add_argument("--repeats", type=int, help="samples per item (default: the task's)")
+    g.add_argument("--temperature", type=float, help="sampling temperature (default: the task's, 0.5 for simple-evals)")
+    g.add_argument("--max-items", type=int, help="evaluate the first N items of each task")
+    g.add_argument("--max-tokens", type=int, help="generation budget per response (default: the task's)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--param", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="task-specific setting, e.g. recall.lengths=[4096,8192] (repeatable)")
+    g.add_argument("--grader", help="model for LLM graders/extractors (SimpleQA, AMC, MATH checker): folder, "
+                                    "'bundled' or URL#name")
+    g.add_argument("--contamination", help="JSONL flags {task, id, verdict}: also report scores on clean and "
+                                           "flagged items separately")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--batch-size", type=int, default=32, help="local models: rows decoded together")
+    g.add_argument("--api-key-env", help="environment variable holding the endpoint's API key")
+    g.add_argument("--overwrite", action="store_true", help="discard samples made with other settings")
 
 
 def split_args(args: list[str]) -> tuple[Path | None, list[str]]:
@@ -94,6 +120,9 @@ def _dispatch(args) -> int:
     if args.command == "serve-teacher":
         from phiforge.backends.commands import serve_teacher
         return serve_teacher(port=args.port, n_ctx=args.n_ctx)
+    if args.command == "eval" and args.tasks:
+        from phiforge.evals.commands import eval_models
+        return eval_models(args, log=_log)
     from phiforge.recipe import load_recipe
     recipe_path, overrides = split_args(args.args)
     recipe = load_recipe(recipe_path, overrides)

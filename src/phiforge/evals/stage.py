@@ -8,6 +8,10 @@ is also sampled once per seed at ``eval.temperature`` (simple-evals uses 0.5,
 §7.1) and the table shows the mean with a t-interval over seeds, as the report's
 Table 9 compares stages. Accuracy comes with a 95% Wilson interval and two
 trivial baselines, so "far above trivial" is a number, not a claim.
+
+``[[eval.tasks]]`` adds registry benchmarks on the same checkpoints (``evals.stage_tasks``):
+simple-evals tasks, base-model log-likelihood and few-shot tasks, long-context recall,
+each with bootstrap intervals and, with ``eval.contamination``, a clean/flagged split.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import math
 import statistics
 import time
 
+from phiforge.backends.local import LocalBackend
 from phiforge.data import tinymath
 from phiforge.data.records import read_jsonl, write_jsonl
 from phiforge.evals.exact_answer import generate_greedy, score, trivial_baselines
 from phiforge.evals.intervals import wilson_interval
+from phiforge.evals.stage_tasks import contamination_flags, run_model_tasks, specs_for
 from phiforge.run.context import StageContext
 from phiforge.tokenize.chat import render_chat
 from phiforge.tokenize.stage import load_run_tokenizer
@@ -33,12 +39,23 @@ def run_eval(ctx: StageContext) -> dict:
     data_dir = ctx.input_dir("data")
     items = list(read_jsonl(data_dir / "eval.jsonl", required=("question", "answer")))[:r.eval.max_items]
     tok = load_run_tokenizer(ctx.input_dir("tokenizer"))
-    results = {}
+    flags, flag_counts = contamination_flags(ctx, tok) if (r.eval.contamination and r.eval.tasks) else (None, None)
+    results, tasks = {}, {}
     for name in r.eval.models:
         if not getattr(r, name).enabled:
             continue
-        results[name] = _evaluate_model(ctx, name, tok, items)
-    return {"models": results, "baselines": trivial_baselines(items, _train_answers(data_dir)), "n_items": len(items)}
+        model = load_hf_model(ctx.input_dir(name) / "model", device=ctx.device)
+        results[name] = _evaluate_model(ctx, name, model, tok, items)
+        if specs_for(ctx, name):
+            backend = LocalBackend(model, tok, device=ctx.device, batch_size=r.eval.batch_size, name=name)
+            tasks[name] = run_model_tasks(ctx, name, backend, CHAT_MODELS, flags)
+        del model
+    stats = {"models": results, "baselines": trivial_baselines(items, _train_answers(data_dir)), "n_items": len(items)}
+    if tasks:
+        stats["tasks"] = tasks
+    if flag_counts is not None:
+        stats["contamination"] = flag_counts
+    return stats
 
 
 def eval_prompt(model_name: str, question: str) -> str:
@@ -48,9 +65,8 @@ def eval_prompt(model_name: str, question: str) -> str:
     return tinymath.prompt_text(question)
 
 
-def _evaluate_model(ctx: StageContext, name: str, tok, items: list[dict]) -> dict:
+def _evaluate_model(ctx: StageContext, name: str, model, tok, items: list[dict]) -> dict:
     cfg = ctx.recipe.eval
-    model = load_hf_model(ctx.input_dir(name) / "model", device=ctx.device)
     prompts = [eval_prompt(name, it["question"]) for it in items]
     t0 = time.perf_counter()
     completions = generate_greedy(model, tok, prompts, cfg.max_new_tokens, batch_size=cfg.batch_size,

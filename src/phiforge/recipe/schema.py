@@ -160,15 +160,73 @@ class MidtrainSection(TrainSection):
     long_fraction: float = Field(0.3, gt=0, le=1, description="share of newly curated long data; the rest replays pretraining")
 
 
+EVAL_MODELS = Literal["pretrain", "midtrain", "sft", "dpo", "dpo_judge"]
+
+
+class EvalTaskSpec(Section):
+    """One benchmark from the task registry (``phiforge.evals.registry``; docs/evals.md), run on checkpoints.
+
+    ``path``: the items (JSONL / JSONL.gz / Parquet / ``hf:<dataset>:<split>``), or
+    ``data:eval`` for this run's held-out word problems; tasks with bundled data
+    (``humaneval``, ``recall``) need none. Unset numbers use the task's defaults.
+    """
+
+    task: str = Field(min_length=1, description="registered task name or 'package.module:Class'")
+    name: str | None = Field(None, pattern=IDENT, description="row name in tables (default: task)")
+    path: str | None = None
+    models: list[EVAL_MODELS] | None = Field(None, description="checkpoints to run it on (default: eval.models)")
+    repeats: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_items: int | None = Field(None, ge=1)
+    few_shot: int | None = Field(None, ge=0)
+    seed: int = Field(0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="task-specific settings")
+
+    @model_validator(mode="after")
+    def _known_task(self):
+        from phiforge.evals.registry import task_class
+
+        try:
+            cls = task_class(self.task)
+        except ConfigError as e:
+            raise ValueError(str(e)) from e
+        unknown = sorted(set(self.params) - set(cls.known_params))
+        if unknown:
+            raise ValueError(f"task {self.task!r} has no parameter(s) {', '.join(unknown)}; allowed: "
+                             f"{', '.join(cls.known_params) or 'none'}")
+        if self.path is None and not cls.bundled_data:
+            raise ValueError(f"task {self.task!r} needs `path` (its items), e.g. path = 'data:eval' or a JSONL file")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.task
+
+
 class EvalSection(Section):
     enabled: bool = True
-    models: list[Literal["pretrain", "midtrain", "sft", "dpo", "dpo_judge"]] = ["pretrain", "midtrain"]
+    models: list[EVAL_MODELS] = ["pretrain", "midtrain"]
     max_items: int | None = Field(None, ge=1, description="evaluate the first N items only")
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(64, ge=1)
     seeds: list[int] = Field([], description="also sample each model once per seed at `temperature` and report "
                                              "mean and a t-interval over seeds (>= 3 for Table-9-style intervals)")
     temperature: float = Field(0.5, gt=0, description="sampling temperature with `seeds` (simple-evals: 0.5)")
+    tasks: list[EvalTaskSpec] = Field(default_factory=list, description="registry benchmarks per checkpoint "
+                                      "(Table-1 layout in the report); see docs/evals.md")
+    contamination: bool = Field(False, description="flag eval items found in this run's training data (Phi-4 "
+                                "hybrid 13/7-gram test, report App. B) and report every task score on clean "
+                                "and flagged items separately")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for task confidence intervals")
+
+    @model_validator(mode="after")
+    def _unique_task_names(self):
+        names = [t.label for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"eval.tasks: {', '.join(dupes)} appear(s) twice; give each a distinct `name`")
+        return self
 
 
 class ReportSection(Section):

@@ -532,3 +532,4 @@ def _page(title: str, body: str) -> str:
 # Pages of later stages register themselves after the core sections.
 from phiforge.report import synth as _synth  # noqa: E402,F401
 from phiforge.report import posttrain as _posttrain  # noqa: E402,F401
+from phiforge.report import benchmarks as _benchmarks  # noqa: E402,F401
