@@ -250,7 +250,7 @@ def argmax_ratio(ratios: Mapping[int, float]) -> tuple[int | None, float]:
 
 def merge_hit(old: ItemHit, new: ItemHit) -> ItemHit:
     """Fold one document's result into an item's running result (documents arrive in order)."""
-    worse = _SEVERITY[new.verdict] > _SEVERITY[old.verdict]
+    worse = severity(new.verdict) > severity(old.verdict)
     base = new if worse else old
     return replace(base, ratio=max(old.ratio, new.ratio))
 
@@ -266,7 +266,7 @@ def severity(verdict: str) -> int:
 class DecontamIndex(ABC):
     """A benchmark index answering Algorithm 1 per document and the reverse corpus question.
 
-    ``keys`` are the items' ``(benchmark, item_id)`` pairs in sorted order; an
+    ``keys`` are the items' ``(benchmark, item_id)`` pairs sorted as Python tuples of str (code-point order); an
     item's position in ``keys`` is its tie-breaking rank.
     """
 
@@ -366,7 +366,7 @@ class ReferenceIndex(DecontamIndex):
         return Verdict(verdict, benchmark, item_id, ratio, reason)
 
     def _first_long_hit(self, words: list[str]) -> int | None:
-        """Step 1: the first allowed-list-free 13-gram of the document found in any item."""
+        """Step 1: the item of the document's first 13-gram that is indexed and not allow-listed."""
         n = self.config.long_n
         for i in range(len(words) - n + 1):
             gram = " ".join(words[i:i + n])
@@ -429,16 +429,28 @@ class ReferenceIndex(DecontamIndex):
         path = Path(path)
         doc = _read_json(path)
         _check_header(doc, path, cls.FORMAT, cls.VERSION)
-        config = DecontamConfig.from_dict(doc["config"])
         try:
-            rows = [((r["benchmark"], r["id"]), frozenset(r["short"]), frozenset(r["long"]))
-                    for r in doc["items"]]
-        except (KeyError, TypeError) as e:
-            raise DataError(f"{path}: malformed index items ({e!r}); rebuild the index") from e
+            config = DecontamConfig.from_dict(doc["config"])
+        except (ConfigError, TypeError) as e:
+            raise DataError(f"{path}: bad saved settings ({e}); rebuild the index") from e
+        rows = [_parse_row(r, path, n) for n, r in enumerate(doc["items"])]
         keys = [r[0] for r in rows]
         if keys != sorted(set(keys)):
             raise DataError(f"{path}: index items are not unique and sorted; rebuild the index")
         return cls(config, keys, [r[1] for r in rows], [r[2] for r in rows])
+
+
+def _parse_row(row, path: Path, n: int) -> tuple[ItemKey, frozenset[str], frozenset[str]]:
+    """One saved item: ``((benchmark, id), 7-gram features, 13-grams)``, type-checked."""
+    try:
+        key, short, long = (row["benchmark"], row["id"]), row["short"], row["long"]
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{path}: index item #{n} is malformed ({e!r}); rebuild the index") from e
+    strings = all(isinstance(x, str) for x in key)
+    lists = all(isinstance(x, list) and all(isinstance(g, str) for g in x) for x in (short, long))
+    if not (strings and lists):
+        raise DataError(f"{path}: index item #{n} has fields of the wrong type; rebuild the index")
+    return key, frozenset(short), frozenset(long)
 
 
 def _invert(feature_sets: list[frozenset[str]]) -> dict[str, list[int]]:
@@ -482,6 +494,5 @@ def _check_header(doc: dict, path: Path, fmt: str, version: int) -> None:
     if doc.get("normalizer") != NORMALIZER:
         raise DataError(f"{path}: built with normaliser {doc.get('normalizer')!r}, this phiforge uses "
                         f"{NORMALIZER!r}; rebuild the index")
-    for key in ("config", "items"):
-        if key not in doc:
-            raise DataError(f"{path}: missing {key!r}; rebuild the index")
+    if not isinstance(doc.get("config"), dict) or not isinstance(doc.get("items"), list):
+        raise DataError(f"{path}: missing or malformed 'config' / 'items'; rebuild the index")

@@ -67,20 +67,21 @@ def run_model_tasks(ctx: StageContext, model_name: str, backend, chat_models: tu
 
 
 def contamination_flags(ctx: StageContext, tokenizer) -> tuple[dict, dict]:
-    """``{task label: {item id: verdict}}`` for every task, and counts per task and verdict."""
-    from phiforge.evals.contamination import flag_items
+    """``{task label: {item id: verdict}}`` for every task (one pass over the corpus), and counts per verdict."""
+    from phiforge.evals.contamination import flag_tasks
 
-    flags, counts = {}, {}
+    wanted = {}
     for spec in ctx.recipe.eval.tasks:
         task = make_task(spec.task, task_options(ctx, spec, "pretrain", ()), tokenizer=tokenizer)
         items = task.load()
-        found = flag_items(spec.label, items, [task.contamination_text(it) for it in items], _training_texts(ctx))
-        flags[spec.label] = {item_id: f.verdict for item_id, f in found.items()}
-        tally: dict[str, int] = {}
-        for v in flags[spec.label].values():
-            tally[v] = tally.get(v, 0) + 1
-        counts[spec.label] = tally
-        ctx.log(f"contamination: {spec.label}: {tally}")
+        wanted[spec.label] = (items, [task.contamination_text(it) for it in items])
+    found = flag_tasks(wanted, _training_texts(ctx), progress=lambda n: ctx.log(f"contamination: {n:,} documents"))
+    flags, counts = {}, {}
+    for label, per_item in found.items():
+        flags[label] = {item_id: f.verdict for item_id, f in per_item.items()}
+        counts[label] = {v: sum(1 for x in flags[label].values() if x == v)
+                         for v in ("clean", "partial", "contaminated")}
+        ctx.log(f"contamination: {label}: {counts[label]}")
     return flags, counts
 
 

@@ -196,5 +196,24 @@ def _judge_line(r: Recipe) -> str | None:
             f"{', '.join(c.pair_types)}, swap positions {c.swap_positions}")
 
 
+def eval_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
+    """Which checkpoints are evaluated, and the registry benchmarks on each (report §6, docs/evals.md)."""
+    e = recipe.eval
+    if not e.enabled:
+        return None
+    models = [m for m in e.models if getattr(recipe, m).enabled]
+    lines = [f"eval: {', '.join(models)}; exact answer on "
+             f"{e.max_items or 'all'} held-out items" + (f", t={e.temperature:g} x seeds {e.seeds}" if e.seeds else "")]
+    for t in e.tasks:
+        on = ", ".join(m for m in (t.models or models) if m in models)
+        sampled = (f"{t.repeats or 'default'} repeats, t={t.temperature:g}" if t.temperature is not None
+                   else f"{t.repeats or 'default'} repeats")
+        lines.append(f"  {t.label:<12} {t.task} on {on}; data {t.path or 'bundled'}; {sampled}"
+                     + (f"; first {t.max_items}" if t.max_items else ""))
+    if e.contamination and e.tasks:
+        lines.append("  contamination: items looked up in the run's training data (13/7-gram, report App. B)")
+    return "\n".join(lines)
+
+
 PLAN_SECTIONS: list[Callable] = [stages_section, data_section, synth_section, model_section, budget_section,
-                                 posttrain_section, models_section]
+                                 posttrain_section, eval_section, models_section]
