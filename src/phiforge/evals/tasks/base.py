@@ -215,7 +215,8 @@ def mc_options(item: dict) -> tuple[list[str], int]:
         raise DataError(f"item {item.get('id')!r}: needs 2..{len(LETTERS)} options, got {len(texts)}")
     key = next((item[k] for k in ("answer", "answerKey", "answer_index") if item.get(k) is not None), None)
     if key is None:
-        raise DataError(f"item {item.get('id')!r}: no key; give 'answer' (a letter, a 0-based index or the option text)")
+        raise DataError(f"item {item.get('id')!r}: no key; give 'answer' "
+                        "(a letter, a 0-based index or the option text)")
     return texts, _gold_index(item, key, texts, labels)
 
 
@@ -279,7 +280,7 @@ class FewShotGen(FewShotTask):
     """
 
     name = "fewshot_gen"
-    description = "few-shot generation, exact/contains/math match (TriviaQA 1-shot, MATH 4-shot, GSM8k 8-shot; report §3)"
+    description = "few-shot generation, exact/contains/math match (TriviaQA, MATH, GSM8k; report §3)"
     mode = "generate"
     chat = False
     temperature = 0.0
@@ -294,7 +295,8 @@ class FewShotGen(FewShotTask):
         super().__init__(options, tokenizer=tokenizer, grader=grader)
         self.match = self.param("match", "exact")
         if self.match not in MATCHES:
-            raise ConfigError(f"task {self.name!r}: params.match must be one of {', '.join(MATCHES)}, got {self.match!r}")
+            raise ConfigError(f"task {self.name!r}: params.match must be one of {', '.join(MATCHES)}, "
+                              f"got {self.match!r}")
         stop = self.param("stop", None)
         if stop is not None:
             if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):

@@ -24,7 +24,7 @@ id), ``few_shot`` of them (default 3 when a file is given).
 
 Items: ``passage``, ``question``, ``answers`` (each acceptable answer a string, or a
 list of spans for a multi-span answer); or simple-evals' ``context`` and
-``ref_text`` (answers joined by "|").
+``ref_text`` (answers joined by "|"); or the Hugging Face release's ``answers_spans``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from phiforge.evals.loaders import load_items
 from phiforge.evals.task import Grade, Task
 from phiforge.evals.tasks.simple_evals import answer_line, load_any_schema, stable_seed, user_message
 
-SCHEMAS = (("passage", "question", "answers"), ("context", "ref_text"))
+SCHEMAS = (("passage", "question", "answers"), ("context", "ref_text"),
+           ("passage", "question", "answers_spans"))
 SIMPLE_EVALS_SHOTS = 3
 MAX_EXACT_SPANS = 8
 
@@ -131,6 +132,14 @@ def _nonblank(answer) -> bool:
 # --------------------------------------------------------------------------- the task
 
 
+def _gold_answers(item: dict, schema: tuple[str, ...]) -> list:
+    """Our ``answers`` list; or the Hugging Face release's one answer (its spans, several for multi-span)."""
+    if "answers" in schema:
+        return [item["answers"]] if isinstance(item["answers"], str) else list(item["answers"] or [])
+    spans = list((item["answers_spans"] or {}).get("spans") or [])
+    return [spans if len(spans) > 1 else spans[0]] if spans else []
+
+
 def _canonical(item: dict, schema: tuple[str, ...], task: str) -> dict:
     """Items of either layout as {id, context, answers}; ``context`` ends with "Answer:" as in simple-evals."""
     if schema is SCHEMAS[1]:
@@ -138,9 +147,8 @@ def _canonical(item: dict, schema: tuple[str, ...], task: str) -> dict:
         shown = item.get("completion")
     else:
         context = f"Passage: {item['passage']}\nQuestion: {item['question']}\nAnswer:"
-        answers = [item["answers"]] if isinstance(item["answers"], str) else list(item["answers"])
-        shown = None
-    answers = [a if isinstance(a, str) else [str(s) for s in a] for a in answers]
+        answers, shown = _gold_answers(item, schema), None
+    answers = [[str(s) for s in a] if isinstance(a, (list, tuple)) else str(a) for a in answers]
     if not any(_nonblank(a) for a in answers):
         raise DataError(f"task {task!r}: item {item['id']!r} has no non-empty answer")
     first = answers[0] if isinstance(answers[0], str) else ", ".join(answers[0])

@@ -84,9 +84,13 @@ class JSONKVRecall(Task):
 
     # -- items -------------------------------------------------------------------
     def load(self) -> list[dict]:
-        """``per_length`` generated items per target length, ids ``len{L}-{i}``."""
+        """``per_length`` generated items per target length, ids ``len{L}-{i}``.
+
+        Ordered by index, then length (``len4096-0, len8192-0, ..., len4096-1, ...``), so a
+        ``max_items`` cut keeps every length.
+        """
         self._require_tokenizer()
-        return [self.make_item(length, i) for length in self.lengths for i in range(self.per_length)]
+        return [self.make_item(length, i) for i in range(self.per_length) for length in self.lengths]
 
     def make_item(self, length: int, index: int) -> dict:
         """One item of ``length`` target tokens; its key at depth ``depths[index % len(depths)]``."""
@@ -118,8 +122,9 @@ class JSONKVRecall(Task):
             if n is None:
                 break
         if fit is None:
-            raise ConfigError(f"task 'recall': a target of {budget + self.n_max_tokens + self.template_tokens()} "
-                              f"tokens leaves no room for a JSON object; use lengths >= {MIN_LENGTH} or fewer max_tokens")
+            target = budget + self.n_max_tokens + self.template_tokens()
+            raise ConfigError(f"task 'recall': a target of {target} tokens leaves no room for a JSON object; "
+                              f"use longer lengths or a smaller max_tokens")
         return fit
 
     def _prompt_tokens(self, pairs: list, rng: random.Random, depth: float, n: int) -> int:
@@ -218,8 +223,9 @@ def _clamp(n: int, fit: int, over: int | None) -> int | None:
 def _row_length(row: dict) -> int | None:
     """The target length of a graded row: from the grade's extra, else parsed from the id ``len{L}-{i}``."""
     value = row_value(row, "length")
-    if value is None and isinstance(row.get("id"), str):
-        m = re.match(r"len(\d+)-", row["id"])
+    item_id = row.get("item_id", row.get("id"))
+    if value is None and isinstance(item_id, str):
+        m = re.match(r"len(\d+)-", item_id)
         value = int(m.group(1)) if m else None
     return value
 

@@ -34,7 +34,8 @@ from phiforge.errors import ConfigError, DataError
 from phiforge.evals.task import Grade, Task
 from phiforge.evals.tasks.base import mean_by
 
-FORMATS = ("textbook", "chat")
+FORMATS = ("textbook", "text", "chat")
+"""``text`` is ``textbook`` by the name the eval stage gives base checkpoints' plain-text format."""
 CONTEXTS = ("steps", "direct")
 OFFSETS = (-3, -2, -1, 1, 2, 3)
 """Distractors are the key plus one of these (never negative): the near misses of a slipped step."""
@@ -49,7 +50,13 @@ def _int_answer(item: dict) -> dict:
 
 
 class TinyMath(Task):
-    """Exact-answer accuracy on held-out tinymath word problems, plus accuracy per step count."""
+    """Exact-answer accuracy on held-out tinymath word problems, plus accuracy per step count.
+
+    Items: ``question``, ``answer`` (an integer), optional ``steps`` (the data stage's
+    ``eval.jsonl``). ``params.format``: ``"textbook"`` (or ``"text"``; the prompt
+    "Problem: ...\nSolution:", base checkpoints) or ``"chat"`` (the question as a user
+    message, post-trained checkpoints); it sets ``self.chat``.
+    """
 
     name = "tinymath"
     description = "tiny recipe's held-out word problems, first 'Answer: N' vs the key"
@@ -66,8 +73,8 @@ class TinyMath(Task):
         super().__init__(options, tokenizer=tokenizer, grader=grader)
         self.format = self.param("format", "textbook")
         if self.format not in FORMATS:
-            raise ConfigError(f"task {self.name!r}: params.format must be 'textbook' (base checkpoints) or 'chat' "
-                              f"(post-trained ones), got {self.format!r}")
+            raise ConfigError(f"task {self.name!r}: params.format must be 'textbook' (or 'text'; base checkpoints) "
+                              f"or 'chat' (post-trained ones), got {self.format!r}")
         self.chat = self.format == "chat"
 
     def load(self) -> list[dict]:
