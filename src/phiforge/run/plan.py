@@ -205,9 +205,12 @@ def eval_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
     lines = [f"eval: {', '.join(models)}; exact answer on "
              f"{e.max_items or 'all'} held-out items" + (f", t={e.temperature:g} x seeds {e.seeds}" if e.seeds else "")]
     for t in e.tasks:
+        from phiforge.evals.registry import task_class
+
         on = ", ".join(m for m in (t.models or models) if m in models)
-        sampled = (f"{t.repeats or 'default'} repeats, t={t.temperature:g}" if t.temperature is not None
-                   else f"{t.repeats or 'default'} repeats")
+        cls = task_class(t.task)
+        sampled = ("log-likelihood" if cls.mode == "loglik" else
+                   f"{t.repeats or cls.repeats} x t={cls.temperature if t.temperature is None else t.temperature:g}")
         lines.append(f"  {t.label:<12} {t.task} on {on}; data {t.path or 'bundled'}; {sampled}"
                      + (f"; first {t.max_items}" if t.max_items else ""))
     if e.contamination and e.tasks:

@@ -73,7 +73,9 @@ def test_simple_evals_csv_columns(tmp_path):
 
 def test_metrics_per_subject():
     task = make_task("mmlu", TaskOptions(path="unused"))
-    rows = lambda s, subject: [{"score": s, "label": "", "extracted": None, "extra": {"subject": subject}}]  # noqa: E731
+    def rows(score, subject):
+        return [{"score": score, "label": "", "extracted": None, "extra": {"subject": subject}}]
+
     m = task.metrics([rows(1.0, "law"), rows(0.0, "law"), rows(1.0, "math")])
     assert m == pytest.approx({"accuracy": 2 / 3, "accuracy/law": 0.5, "accuracy/math": 1.0})
     assert task.metric_is_item_mean

@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from itertools import permutations
 
 from phiforge.errors import ConfigError, DataError
-from phiforge.evals.loaders import load_items
 from phiforge.evals.task import Grade, Task
 from phiforge.evals.tasks.simple_evals import answer_line, load_any_schema, stable_seed, user_message
 
