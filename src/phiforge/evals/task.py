@@ -85,6 +85,8 @@ class Task:
     """simple-evals and the Phi-4 report sample at 0.5 (§7.1)."""
     max_tokens: ClassVar[int] = 1024
     few_shot: ClassVar[int] = 0
+    supports_few_shot: ClassVar[bool] = False
+    """Whether ``options.few_shot`` means anything here; setting it on a task that ignores it is an error."""
     primary_metric: ClassVar[str] = "accuracy"
     metric_scale: ClassVar[float] = 100.0
     """Tables show ``primary_metric * metric_scale`` (percent by default; AMC: 1)."""
@@ -104,6 +106,9 @@ class Task:
         if unknown:
             allowed = ", ".join(self.known_params) or "none"
             raise ConfigError(f"task {self.name!r}: unknown parameter(s) {', '.join(unknown)}; allowed: {allowed}")
+        if self.options.few_shot and not self.supports_few_shot:
+            raise ConfigError(f"task {self.name!r} is zero-shot (as simple-evals runs it); remove few_shot, or use "
+                              "fewshot_gen / mc_loglik for few-shot prompting")
         if self.options.path is None and not self.bundled_data:
             raise ConfigError(f"task {self.name!r} needs item data: give path = a JSONL/Parquet file "
                               f"(fields: {', '.join(self.required_fields) or 'see docs/evals.md'}) or hf:<dataset>")

@@ -87,6 +87,7 @@ class FewShotTask(Task):
     """A task whose prompt starts with ``k`` worked examples (see the module docstring for their source)."""
 
     known_params: ClassVar[tuple[str, ...]] = ("dev_path",)
+    supports_few_shot = True
 
     def __init__(self, options=None, *, tokenizer=None, grader=None):
         super().__init__(options, tokenizer=tokenizer, grader=grader)

@@ -163,6 +163,7 @@ class DROP(Task):
     primary_metric = "f1"
     required_fields = SCHEMAS[0]
     known_params = ("examples_path",)
+    supports_few_shot = True
 
     def __init__(self, options=None, *, tokenizer=None, grader=None):
         super().__init__(options, tokenizer=tokenizer, grader=grader)
