@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from phiforge.errors import ConfigError, DataError
 from phiforge.evals.loaders import load_items
-from phiforge.evals.task import Grade, Task
+from phiforge.evals.task import Grade, Task, mean_by, row_value
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -45,29 +45,6 @@ def normalize_text(text: str) -> str:
 
 
 _PUNCT = frozenset(string.punctuation)
-
-
-def row_value(row: dict, key: str):
-    """A grade's extra field as the runner stores it: flattened into the row or under ``"extra"``."""
-    if key in row:
-        return row[key]
-    return (row.get("extra") or {}).get(key)
-
-
-def mean_by(groups: Sequence[Sequence[dict]], key: str, name: str) -> dict[str, float]:
-    """``{name.format(value): mean of per-item mean scores}`` for each value of the rows' ``key``.
-
-    ``name`` is a format string such as ``"subem/{}"``; values sort numerically when they are integers.
-    """
-    by: dict[str, list[float]] = {}
-    for group in groups:
-        if group and row_value(group[0], key) is not None:
-            by.setdefault(str(row_value(group[0], key)), []).append(sum(r["score"] for r in group) / len(group))
-    return {name.format(k): sum(v) / len(v) for k, v in sorted(by.items(), key=lambda kv: _natural(kv[0]))}
-
-
-def _natural(key: str):
-    return (0, int(key), "") if key.lstrip("-").isdigit() else (1, 0, key)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:

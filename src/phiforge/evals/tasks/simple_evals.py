@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 
 from phiforge.evals.loaders import load_items
+from phiforge.evals.task import mean_by, row_value  # noqa: F401  (row_value re-exported for the tasks)
 
 LETTERS = "ABCD"
 
@@ -87,13 +87,6 @@ def load_any_schema(path: str, task: str, schemas: Sequence[tuple[str, ...]]) ->
     return items, schema
 
 
-def row_value(row: dict, key: str):
-    """A grade's extra field as the runner stores it: flattened into the row or under ``"extra"``."""
-    if key in row:
-        return row[key]
-    return (row.get("extra") or {}).get(key)
-
-
 def item_mean(group: Sequence[dict], value=lambda row: row["score"]) -> float:
     """The mean over one item's samples (repeats)."""
     return sum(value(r) for r in group) / len(group)
@@ -101,11 +94,7 @@ def item_mean(group: Sequence[dict], value=lambda row: row["score"]) -> float:
 
 def accuracy_by(groups: Sequence[Sequence[dict]], key: str, prefix: str = "accuracy") -> dict[str, float]:
     """``{"<prefix>/<value>": accuracy}`` for each value of the grades' ``key`` (subject, language)."""
-    by: dict[str, list[float]] = defaultdict(list)
-    for group in groups:
-        if group and row_value(group[0], key) is not None:
-            by[str(row_value(group[0], key))].append(item_mean(group))
-    return {f"{prefix}/{k}": sum(v) / len(v) for k, v in sorted(by.items())}
+    return mean_by(groups, key, prefix + "/{}")
 
 
 def overall_accuracy(groups: Sequence[Sequence[dict]]) -> float:
