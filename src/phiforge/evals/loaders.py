@@ -4,7 +4,7 @@ No hub downloads at run time are ours to make: ``hf:<name>[:<config>]:<split>``
 goes through the user's own ``datasets`` installation and cache (it may download
 if the user has not cached the dataset; that is their call). Every item gets a
 string ``id``: the item's own ``id`` (or ``task_id`` / ``unique_id``) when present,
-else its position. Duplicate ids are an error, because results are keyed by id
+else its 0-based position among the items. Duplicate ids are an error, because results are keyed by id
 and a rerun computes only missing ones.
 """
 
@@ -91,13 +91,13 @@ def _with_ids(rows: list[tuple[int, dict]], where: str, task: str, required: tup
     if not rows:
         raise DataError(f"task {task!r}: {where} holds no items")
     items, seen = [], {}
-    for lineno, row in rows:
+    for position, (lineno, row) in enumerate(rows):
         missing = [k for k in required if k not in row]
         if missing:
             raise DataError(f"{where}:{lineno}: task {task!r} item lacks field(s) {', '.join(missing)} "
                             f"(has: {', '.join(sorted(row))})")
         item = dict(row)
-        key = next((str(row[k]) for k in ID_FIELDS if row.get(k) not in (None, "")), str(lineno - 1))
+        key = next((str(row[k]) for k in ID_FIELDS if row.get(k) not in (None, "")), str(position))
         if key in seen:
             raise DataError(f"{where}:{lineno}: duplicate item id {key!r} (first at line {seen[key]}); "
                             "ids must be unique because results are keyed by them")
