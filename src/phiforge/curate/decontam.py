@@ -63,7 +63,9 @@ NORMALIZER = "nfkc-lower-words/1"
 """Names :func:`normalize_words`; saved indexes record it and refuse to load under another."""
 PROGRESS_EVERY = 1000
 """``items_in_corpus`` calls its progress callback every this many documents, and at the end."""
-_WORD = re.compile(r"\w+")
+WORD_PATTERN = re.compile(r"\w+")
+"""The word regex of :func:`normalize_words`; ``decontam_fast`` derives its per-character word table from it."""
+_WORD = WORD_PATTERN
 
 IndexT = TypeVar("IndexT", bound="DecontamIndex")
 ItemKey = tuple[str, str]

@@ -47,11 +47,28 @@ def _write_tinymath(ctx: StageContext, out: Path, stats: dict) -> None:
         stats["sources"][name] = {"docs": len(rows), "chars": sum(len(r["text"]) for r in rows),
                                   "valid_docs": len(splits.get(f"valid/{name}", []))}
     stats["eval_items"] = len(splits["eval"])
+    if t.web_html:
+        _write_web_pages(ctx, out, splits, stats)
     post = tinymath.posttrain_sets(ctx.recipe.run.seed, t.sft_examples, t.posttrain_prompts,
                                    {it["question"] for it in splits["eval"]})
     for key, rows in post.items():
         write_jsonl(out / f"{key}.jsonl", rows)
     stats["posttrain"] = {key.split("/")[1]: len(rows) for key, rows in post.items()}
+
+
+def _write_web_pages(ctx: StageContext, out: Path, splits: dict, stats: dict) -> None:
+    """The web posts as crawled HTML pages with planted dirt: the curate stage's input (``data.tinyweb``)."""
+    from phiforge.data.tinyweb import WebPlants, web_pages
+
+    t = ctx.recipe.data.tinymath
+    plants = {k: (int(v) if k == "leaked" else v) for k, v in t.web_plants.items()}
+    pages = web_pages(splits["train/web"], splits["eval"], ctx.recipe.run.seed, WebPlants(**plants))
+    write_jsonl(out / "raw" / "web.jsonl", pages)
+    counts: dict[str, int] = {}
+    for page in pages:
+        counts[page["plant"]] = counts.get(page["plant"], 0) + 1
+    stats["raw"] = {"web": {"pages": len(pages), "plants": counts}}
+    ctx.log(f"raw web pages: {len(pages):,} (planted: {counts})")
 
 
 def tinymath_sources() -> tuple[str, ...]:

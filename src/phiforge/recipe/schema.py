@@ -46,6 +46,26 @@ class TinyMathSection(Section):
     sft_examples: int = Field(2000, ge=0, description="post-training: SFT conversations (question -> solution)")
     posttrain_prompts: int = Field(400, ge=0, description="post-training: prompts with answer keys for PTS "
                                                             "and judge-guided DPO")
+    web_html: bool = Field(False, description="also write the web posts as HTML forum pages with planted "
+                                              "duplicates, foreign-language, junk, empty and leaked-eval pages "
+                                              "(data/raw/web.jsonl), the input of the curate stage")
+    web_plants: dict[str, float] = Field(default_factory=dict, description="planted page shares (duplicate, "
+                                         "near_duplicate, foreign, junk, empty) and the leaked count; see "
+                                         "phiforge.data.tinyweb.WebPlants")
+
+    @field_validator("web_plants")
+    @classmethod
+    def _plants(cls, v):
+        from phiforge.data.tinyweb import WebPlants
+
+        try:
+            WebPlants(**v)
+        except TypeError as e:
+            raise ValueError(f"unknown plant kind ({e}); kinds: {', '.join(WebPlants.__dataclass_fields__)}") from e
+        bad = {k: x for k, x in v.items() if x < 0 or (k != "leaked" and x > 1)}
+        if bad:
+            raise ValueError(f"plant shares must be in [0, 1] (leaked: a count >= 0), got {bad}")
+        return v
 
 
 class SourceFile(Section):
