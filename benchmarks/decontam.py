@@ -1,6 +1,6 @@
 """Decontamination MB/s per core: the hashed index vs the reference (Python sets of n-gram strings).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decontam.py [--mb 20] [--items 3000] [--seed 0]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decontam.py [--mb 20] [--items 3000] [--seed 0] [--repeats 2]
 
 Why: the Phi-4 report checks *all* training data against 20 benchmarks with a
 hybrid 13-gram / 7-gram test (App. B; §7.4 of ``docs/phi4-recipe.md``), so the
@@ -64,6 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--mb", type=float, default=20.0, help="corpus size in MB of UTF-8 text")
     p.add_argument("--items", type=int, default=3000, help="benchmark items (half MMLU-like, half GSM-like)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=2, help="time each measurement this many times, keep the fastest")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 
@@ -120,22 +121,23 @@ def mmlu_like(i: int, vocab: Vocabulary, rng: random.Random, nprng: np.random.Ge
     return {"id": f"mmlu-{i}", "question": question, "choices": choices, "answer": rng.randrange(4)}
 
 
-def gsm_like(i: int, rng: random.Random) -> dict:
+def gsm_like(i: int, vocab: Vocabulary, rng: random.Random, nprng: np.random.Generator) -> dict:
+    """A two-step word problem; a clause of random words keeps items from sharing long template n-grams."""
     who, what, friend = rng.choice(NAMES), rng.choice(THINGS), rng.choice(NAMES)
     a, b, c, d = rng.randint(3, 400), rng.randint(2, 90), rng.randint(1, 9), rng.randint(2, 6)
-    if rng.random() < 0.1:  # short items (fewer than 13 words): only the 7-gram test applies
+    if rng.random() < 0.1:  # short items (fewer than 7 words): one whole-text feature
         return {"question": f"What is {a} times {b}?", "answer": str(a * b)}
-    q = (f"{who} has {a} {what}. {friend} gives {who} {b} more {what} and then {who} gives away {c} of them "
-         f"to each of {d} classmates. On the next day {who} finds {c + d} {what} in the garden. "
-         f"How many {what} does {who} have now?")
-    return {"question": q, "answer": str(a + b - c * d + c + d)}
+    story = " ".join(vocab.draw(nprng, rng.randint(6, 12)))
+    q = (f"{who} has {a} {what}. {friend} gives {who} {b} more {what} because {story}. Then {who} gives "
+         f"away {c} of them to each of {d} classmates. How many {what} does {who} have now?")
+    return {"question": q, "answer": str(a + b - c * d)}
 
 
 def benchmark_files(n_items: int, vocab: Vocabulary, seed: int, folder: Path) -> dict[str, Path]:
     rng, nprng = random.Random(seed + 1), np.random.default_rng(seed + 1)
     files = {"mmlu": folder / "mmlu.jsonl", "gsm8k": folder / "gsm8k.jsonl"}
     rows = {"mmlu": [mmlu_like(i, vocab, rng, nprng) for i in range(n_items // 2)],
-            "gsm8k": [gsm_like(i, rng) for i in range(n_items - n_items // 2)]}
+            "gsm8k": [gsm_like(i, vocab, rng, nprng) for i in range(n_items - n_items // 2)]}
     for name, path in files.items():
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[name]), encoding="utf-8")
     return files
@@ -194,20 +196,28 @@ def corpus(mb: float, vocab: Vocabulary, items: list[tuple[str, str, str]], seed
 # -- timing --------------------------------------------------------------------------------
 
 
-def timed(fn):
-    """``(result, wall seconds, CPU seconds of this process, other processes' cores)``."""
-    with OtherLoad() as load:
-        w0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    return out, wall, cpu, load.cores
+def timed(fn, repeats: int):
+    """``(result, wall seconds, CPU seconds of this process, other processes' cores)`` of the fastest run."""
+    best = None
+    for _ in range(repeats):
+        with OtherLoad() as load:
+            w0, c0 = time.perf_counter(), time.process_time()
+            out = fn()
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        if best is None or wall < best[1]:
+            best = (out, wall, cpu, load.cores)
+    return best
 
 
-def measure(name: str, fn, mb: float, rows: dict) -> object:
-    out, wall, cpu, other = timed(fn)
-    rows[name] = {"seconds": wall, "cpu_seconds": cpu, "mb_per_s": mb / wall, "mb_per_cpu_s": mb / cpu,
-                  "other_cores": other}
-    print(f"  {name:28s} {mb / wall:8.2f} MB/s   ({wall:6.2f} s wall, cpu/wall {cpu / wall:.2f}, "
+def measure(name: str, fn, mb: float | None, rows: dict, repeats: int) -> object:
+    """Run ``fn``, print and record its time (and MB/s over the corpus unless ``mb`` is None)."""
+    out, wall, cpu, other = timed(fn, repeats)
+    rows[name] = {"seconds": wall, "cpu_seconds": cpu, "other_cores": other}
+    rate = ""
+    if mb is not None:
+        rows[name] |= {"mb_per_s": mb / wall, "mb_per_cpu_s": mb / cpu}
+        rate = f"{mb / wall:8.2f} MB/s "
+    print(f"  {name:28s} {rate}  ({wall:6.2f} s wall, cpu/wall {cpu / wall:.2f}, "
           f"other load {other if other is None else round(other, 2)} cores)")
     return out
 
@@ -224,18 +234,21 @@ def main(argv=None) -> dict:
         mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
         print(f"corpus: {len(docs)} documents, {mb:.1f} MB; {len(triples)} benchmark items; planted {dict(planted)}")
         rows: dict = {}
-        print("build:")
-        ref = measure("reference build", lambda: ReferenceIndex.build(triples, config), mb, {})
-        fast = measure("hashed build", lambda: HashedIndex.build(triples, config), mb, {})
+        print(f"build ({len(triples)} items):")
+        ref = measure("reference build", lambda: ReferenceIndex.build(triples, config), None, rows, args.repeats)
+        fast = measure("hashed build", lambda: HashedIndex.build(triples, config), None, rows, args.repeats)
         sizes = index_sizes(ref, fast, Path(tmp))
+    t0 = time.perf_counter()
+    fast.check_many(docs[:200] + UNICODE_WORDS)  # one-time costs: Unicode word table, power tables
+    sizes["hashed_warmup_seconds"] = time.perf_counter() - t0
     print("check (Algorithm 1 per document):")
-    want = measure("reference check", lambda: [ref.check(d) for d in docs], mb, rows)
-    got_each = measure("hashed check", lambda: [fast.check(d) for d in docs], mb, rows)
-    got_many = measure("hashed check_many", lambda: fast.check_many(docs), mb, rows)
+    want = measure("reference check", lambda: [ref.check(d) for d in docs], mb, rows, args.repeats)
+    got_each = measure("hashed check", lambda: [fast.check(d) for d in docs], mb, rows, args.repeats)
+    got_many = measure("hashed check_many", lambda: fast.check_many(docs), mb, rows, args.repeats)
     identical = want == got_each == got_many
     print("items_in_corpus (the reverse question):")
-    hits_ref = measure("reference items_in_corpus", lambda: ref.items_in_corpus(docs), mb, rows)
-    hits_fast = measure("hashed items_in_corpus", lambda: fast.items_in_corpus(docs), mb, rows)
+    hits_ref = measure("reference items_in_corpus", lambda: ref.items_in_corpus(docs), mb, rows, args.repeats)
+    hits_fast = measure("hashed items_in_corpus", lambda: fast.items_in_corpus(docs), mb, rows, args.repeats)
     identical_items = hits_ref == hits_fast
     result = summarise(args, docs, mb, planted, triples, rows, sizes, want, hits_ref, identical and identical_items)
     print_summary(result)
@@ -258,26 +271,32 @@ def index_sizes(ref: ReferenceIndex, fast: HashedIndex, folder: Path) -> dict:
 
 def summarise(args, docs, mb, planted, triples, rows, sizes, verdicts, hits, identical) -> dict:
     return {"corpus_mb": mb, "documents": len(docs), "items": len(triples), "seed": args.seed,
+            "mb_per_core_reference_check": rows["reference check"]["mb_per_s"],
+            "mb_per_core_hashed_check": rows["hashed check"]["mb_per_s"],
+            "mb_per_core_hashed_check_many": rows["hashed check_many"]["mb_per_s"],
             "planted": dict(planted), "verdicts": dict(Counter(f"{v.verdict}/{v.reason}" for v in verdicts)),
             "items_flagged": dict(Counter(h.verdict for h in hits.values())), "identical": identical,
             "timings": rows, "index": sizes,
-            "speedup_check_many": rows["reference check"]["seconds"] / rows["hashed check_many"]["seconds"],
-            "speedup_check": rows["reference check"]["seconds"] / rows["hashed check"]["seconds"],
-            "speedup_items_in_corpus": (rows["reference items_in_corpus"]["seconds"]
-                                        / rows["hashed items_in_corpus"]["seconds"]),
-            "machine": platform.machine(), "numpy": np.__version__}
+            "speedup": {f"{kind} {clock}": rows[f"reference {ref}"][clock] / rows[f"hashed {kind}"][clock]
+                        for kind, ref in (("check", "check"), ("check_many", "check"),
+                                          ("items_in_corpus", "items_in_corpus"), ("build", "build"))
+                        for clock in ("seconds", "cpu_seconds")},
+            "other_cores_max": max((r["other_cores"] or 0.0) for r in rows.values()),
+            "machine": platform.machine(), "cpus": os.cpu_count(), "numpy": np.__version__}
 
 
 def print_summary(r: dict) -> None:
     t = r["timings"]
     print(f"verdicts: {r['verdicts']}; items flagged: {r['items_flagged']}")
     print(f"identical results: {r['identical']}")
-    print(f"speedup vs reference: check_many {r['speedup_check_many']:.1f}x, check {r['speedup_check']:.1f}x, "
-          f"items_in_corpus {r['speedup_items_in_corpus']:.1f}x")
+    x = r["speedup"]
+    print(f"speedup vs reference (wall / CPU time): check_many {x['check_many seconds']:.1f}x / "
+          f"{x['check_many cpu_seconds']:.1f}x, check {x['check seconds']:.1f}x / {x['check cpu_seconds']:.1f}x, "
+          f"items_in_corpus {x['items_in_corpus seconds']:.1f}x / {x['items_in_corpus cpu_seconds']:.1f}x")
     print(f"MB/s per CPU-second: reference {t['reference check']['mb_per_cpu_s']:.2f}, "
           f"hashed check_many {t['hashed check_many']['mb_per_cpu_s']:.1f}, "
           f"hashed check {t['hashed check']['mb_per_cpu_s']:.1f}")
-    print(f"index: {r['index']}")
+    print(f"index: {r['index']}; other load on the machine: up to {r['other_cores_max']:.2f} cores")
 
 
 if __name__ == "__main__":

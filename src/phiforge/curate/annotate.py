@@ -32,11 +32,21 @@ Our choices (all UNCONFIRMED: the paper gives no annotator prompt, scale or topi
 * **Truncation**: the first ``max_chars`` characters (cut at a word boundary), then
   at most ``max_tokens`` tokens when the backend has a tokenizer: scoring cost is
   linear in document length and the start of a page says most about it.
-* **Calibration** (``calibrate``, off by default): "contextual calibration" (Zhao et
-  al. 2021, "Calibrate Before Use"): the candidates' log-probs on a content-free
-  document ("N/A") are subtracted before normalising, removing the model's prior
-  for, say, the digit 3. Measured on the bundled teacher in ``tests/curate``; see
-  the module ``quality`` docstring for how informative its labels are.
+* **Calibration** ("contextual calibration", Zhao et al. 2021, "Calibrate Before
+  Use"): the candidates' mean log-probs on three content-free documents ("N/A", "",
+  "[MASK]") are subtracted before normalising, removing the model's prior.
+  ``calibrate_topic`` is on: uncalibrated, the bundled teacher answers "math" for
+  almost any page. ``calibrate_edu`` is off: it spread the argmax labels but lowered
+  the rank correlation of the expected score with hand labels.
+
+Measured with the bundled SmolLM2-135M-Instruct (fp32, 2 shared CPU cores, ~0.3
+documents/s, two ~300-token forwards per document) on 24 hand-labelled pages of all
+topics (educational to spam): the expected score has Spearman ~0.5 with the hand
+scores (AUC ~0.8 for pages we rated >= 3 against <= 1), but its range is narrow
+(1.75-2.2) and the argmax label is 1 for every page; calibrated topics are right
+for ~54% of pages (13 labels; majority baseline 17%). Weak but not empty labels:
+enough to exercise the pipeline, not to curate real data (use a strong teacher
+with ``method = "json"`` for that).
 """
 
 from __future__ import annotations
@@ -279,27 +289,34 @@ class _LogprobAnnotator:
         return (list(self.backend.chat_prompt(_user(edu))) + self.edu_prefix,
                 list(self.backend.chat_prompt(_user(topic))) + self.topic_prefix)
 
-    def _logprobs(self, docs: list[str]) -> list[tuple[list[float], list[float]]]:
-        """Per document: the six digits' and the topics' (summed) log-probs, from ONE score call."""
+    def _logprobs(self, docs: list[str], edu: bool = True, topic: bool = True) -> list[tuple[list, list]]:
+        """Per document: the six digits' and the topics' (summed) log-probs, from ONE score call
+        (a part not asked for is an empty list)."""
         prompts, conts = [], []
         for doc in docs:
-            edu, topic = self._prompts(doc)
-            prompts += [edu] * len(self.digits) + [topic] * len(self.topic_ids)
-            conts += self.digits + self.topic_ids
+            edu_ids, topic_ids = self._prompts(doc)
+            if edu:
+                prompts += [edu_ids] * len(self.digits)
+                conts += self.digits
+            if topic:
+                prompts += [topic_ids] * len(self.topic_ids)
+                conts += self.topic_ids
         flat = [sum(v) for v in self.backend.score(prompts, conts)]
         self.ctx.stat("score_calls")
         self.ctx.stat("scored_continuations", len(conts))
-        width = len(self.digits) + len(self.topic_ids)
-        return [(flat[k * width:k * width + len(self.digits)], flat[k * width + len(self.digits):(k + 1) * width])
-                for k in range(len(docs))]
+        n_edu, n_topic = len(self.digits) * edu, len(self.topic_ids) * topic
+        rows = [flat[k:k + n_edu + n_topic] for k in range(0, len(flat), n_edu + n_topic)]
+        return [(row[:n_edu], row[n_edu:]) for row in rows]
 
     def _calibration(self) -> tuple[list[float], list[float]]:
         """Mean renormalised log-probs over the content-free documents (zeros where not calibrated)."""
-        got = self._logprobs(list(CONTENT_FREE))
-        edu = [_mean(_log_softmax(e)[i] for e, _ in got) for i in range(len(self.digits))]
-        topic = [_mean(_log_softmax(t)[i] for _, t in got) for i in range(len(self.topic_ids))]
-        return (edu if self.cfg.calibrate_edu else [0.0] * len(edu),
-                topic if self.cfg.calibrate_topic else [0.0] * len(topic))
+        cfg = self.cfg
+        got = self._logprobs(list(CONTENT_FREE), edu=cfg.calibrate_edu, topic=cfg.calibrate_topic)
+        edu = [_mean(_log_softmax(e)[i] for e, _ in got) for i in range(len(self.digits))] \
+            if cfg.calibrate_edu else [0.0] * len(self.digits)
+        topic = [_mean(_log_softmax(t)[i] for _, t in got) for i in range(len(self.topic_ids))] \
+            if cfg.calibrate_topic else [0.0] * len(self.topic_ids)
+        return edu, topic
 
     def annotate(self, docs: list[str]) -> list[Annotation]:
         out = []

@@ -339,11 +339,6 @@ def _outlier(feats: dict[str, float], ref: Reference, max_z: float) -> tuple[str
     return (name, zs[name]) if zs[name] > max_z else None
 
 
-def _record_text(record: Record) -> str:
-    """The text a curation filter judges: ``text``, else the messages' contents joined by blank lines."""
-    if record.text is not None:
-        return record.text
-    return "\n\n".join(m["content"] for m in record.messages or ())
 
 
 def _rounded(feats: dict[str, float]) -> dict[str, float]:
@@ -376,7 +371,7 @@ class CorruptionFilter(Step):
             yield from kept
 
     def _measure(self, record: Record, ctx: StepContext) -> tuple[dict[str, float], int]:
-        text = _record_text(record)[: self.config.max_chars]
+        text = record.content()[: self.config.max_chars]
         ctx.stat("checked")
         return features(text), len(text)
 

@@ -11,10 +11,11 @@ benchmark items appear somewhere in a training corpus
 (:meth:`DecontamIndex.items_in_corpus`, used by ``evals.contamination``).
 
 :class:`ReferenceIndex` keeps Python sets of n-gram strings: slow, but obviously
-correct. A faster index (hashed n-grams in sorted arrays) implements the same
-:class:`DecontamIndex` interface and must give identical results; it reuses the
-per-document functions below (``short_features``, ``overlap_ratio``,
-``classify``, ``argmax_ratio``, ``merge_hit``), so only feature lookup differs.
+correct. :class:`~phiforge.curate.decontam_fast.HashedIndex` (hashed n-grams in
+sorted arrays) implements the same :class:`DecontamIndex` interface and gives
+identical results; it reuses ``collect_items``, ``classify`` and the word regex,
+and computes what ``short_features``, ``overlap_ratio``, ``argmax_ratio`` and
+``merge_hit`` define on arrays (tested against this class).
 
 Choices where the report is silent (all UNCONFIRMED there):
 

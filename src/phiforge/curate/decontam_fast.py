@@ -31,12 +31,13 @@ How (``benchmarks/decontam.py`` measures it against the reference):
   built by doubling (``G_2a(i) = G_a(i) * P**a + G_a(i+a)``), about ten array
   operations for 13-grams and two more for 7-grams; plus ``n * K``, so a short
   text's whole-text feature (fewer than 7 words) never equals a 7-gram's hash.
-  Windows that would cross from one text of the batch into the next are dropped.
+  Windows running from one text of the batch into the next are hashed too (one
+  array operation for all) and dropped when they hit.
 * **Index**: for 13-grams and for 7-gram features, the sorted unique hashes with
   the ascending positions of the items holding each (CSR arrays), and per item
   the number of distinct 7-gram features ``|B7|``. Allow-listed 13-grams are
   left out at build time (the reference skips them at query time: same answer).
-  A byte table indexed by a hash's top bits (about 1/16 full) screens queries,
+  A bit table indexed by a hash's top bits (about 1/64 full) screens queries,
   so only a few percent reach ``np.searchsorted``.
 * **Per document**: the first 13-gram hit in document order names the item first
   in ``(benchmark, item_id)`` order among those holding that 13-gram. Otherwise
@@ -44,7 +45,9 @@ How (``benchmarks/decontam.py`` measures it against the reference):
   share at least one), shared features are expanded to ``(doc, item)`` pairs and
   counted, ``ratio = overlap / min(|F7|, |B7|)`` (float64 division of integers,
   bit-identical to Python's), and the argmax breaks ties towards the lowest item
-  position. Verdicts come from the shared ``classify``.
+  position. Verdicts come from the shared ``classify``. A batch in which no
+  document shares a 7-gram skips the 13-gram lookup: a shared 13-gram contains
+  seven shared 7-grams.
 
 **Hash collisions.** Two different n-grams get the same hash with probability
 about 2**-63 per pair (word hashes behave as random 64-bit values; the n-gram
@@ -90,9 +93,9 @@ from phiforge.evals.loaders import ID_FIELDS
 
 HASHER = "poly64-codepoints-fmix64-poly64-words/1"
 """Names the hash scheme below; saved indexes record it and refuse to load under another."""
-BATCH_CHARS = 1 << 20
+BATCH_CHARS = 1 << 19
 """Texts are hashed and looked up this many characters at a time (bounds memory, amortises numpy calls)."""
-SEGMENT_CHARS = 1 << 20
+SEGMENT_CHARS = 1 << 17
 """Longest stretch of characters hashed with one prefix sum (bounds the power tables)."""
 DEFAULT_TEXT_FIELDS = ("question", "problem", "prompt", "passage", "question_stem", "ctx", "goal", "sentence",
                        "instruction", "text", "turns", "choices", "options", "endings", "option1", "option2",
@@ -108,28 +111,31 @@ HellaSwag ``ctx`` + ``endings``, PIQA ``goal`` + ``sol1``/``sol2``, WinoGrande
 
 _MASK64 = (1 << 64) - 1
 _CHAR_BASE = 0x9E3779B97F4A7C15
-_WORD_BASE = 0xC2B2AE3D27D4EB4F  # odd, and P - 1 = 2 * odd, so swapped words never cancel out
+# odd, and P - 1 = 2 * odd: two swapped words collide only if their hashes agree in 63 bits
+_WORD_BASE = 0xC2B2AE3D27D4EB4F
 _LENGTH_SALT = 0x165667B19E3779F9
-_FMIX1, _FMIX2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
-_SHIFT33 = np.uint64(33)
+_FMIX1, _FMIX2 = np.array(0xFF51AFD7ED558CCD, np.uint64), np.array(0xC4CEB9FE1A85EC53, np.uint64)
+_SHIFT33, _U3, _U7 = np.array(33, np.uint64), np.array(3, np.uint64), np.array(7, np.uint64)
+# 0-d arrays rather than numpy scalars: binary operations with them dispatch faster (per-document calls)
 _REASONS = ("", "13gram", "7gram")
 """``reason`` strings by code (``_classify_codes``)."""
 _EMPTY_U64 = np.zeros(0, np.uint64)
 _EMPTY_I64 = np.zeros(0, np.int64)
 
 
-def _u64(x: int) -> np.uint64:
-    return np.uint64(x & _MASK64)
+def _u64(x: int) -> np.ndarray:
+    """``x`` mod 2**64 as a 0-d uint64 array."""
+    return np.array(x & _MASK64, np.uint64)
 
 
 @functools.cache
-def _word_power(k: int) -> np.uint64:
+def _word_power(k: int) -> np.ndarray:
     """``P**k`` mod 2**64."""
     return _u64(pow(_WORD_BASE, k, 1 << 64))
 
 
 @functools.cache
-def _salt(n: int) -> np.uint64:
+def _salt(n: int) -> np.ndarray:
     """Added to every ``n``-word feature hash, so features of different lengths never coincide by design."""
     return _u64(n * _LENGTH_SALT)
 
@@ -150,7 +156,7 @@ def _ascii_word_table() -> np.ndarray:
 
 @functools.cache
 def _unicode_word_table() -> np.ndarray:
-    """Which code points ``\\w`` matches, from the normaliser's own regex (about 0.1 s, once per process)."""
+    """Which code points ``\\w`` matches, from the normaliser's own regex (about 0.2 s, once per process)."""
     table = np.zeros(0x110000, dtype=np.bool_)
     for m in WORD_PATTERN.finditer("".join(map(chr, range(0x110000)))):
         table[m.start():m.end()] = True
@@ -166,7 +172,7 @@ class _PowerTable:
 
     def ensure(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.up) < n:
-            size = max(n, 2 * len(self.up), 1 << 16)
+            size = max(n, 2 * len(self.up), SEGMENT_CHARS + (1 << 16))
             self.up, self.down = _powers(self.base, size), _powers(self.inverse, size)
         return self.up, self.down
 
@@ -210,13 +216,13 @@ class Words:
         return len(self.bounds) - 1
 
     def lengths(self) -> np.ndarray:
-        return np.diff(self.bounds)
+        return self.bounds[1:] - self.bounds[:-1]
 
 
 def hash_words(texts: Sequence[str]) -> Words:
     """Hash the :func:`~phiforge.curate.decontam.normalize_words` words of every text, without a string per word."""
     parts = [_normalized(t) for t in texts]
-    joined = "\n".join(parts)  # "\n" is no word character, so no word spans two texts
+    joined = "\n".join(parts) if len(parts) != 1 else parts[0]  # "\n" is no word character: no word spans two texts
     if joined.isascii():
         cps = np.frombuffer(joined.encode("ascii"), np.uint8)
         is_word = _ascii_word_table()[cps]
@@ -242,7 +248,7 @@ def _runs(is_word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _run_hashes(cps: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Each run's hash, a stretch of at most ``SEGMENT_CHARS`` characters (or one longer word) at a time."""
-    if not len(starts) or int(ends[-1]) - int(starts[0]) <= SEGMENT_CHARS:
+    if len(cps) <= SEGMENT_CHARS:
         return _fmix64(_segment_hashes(cps, starts, ends))
     out = np.empty(len(starts), np.uint64)
     k = 0
@@ -321,10 +327,18 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _short_texts(grams: Grams, config: DecontamConfig) -> Iterator[tuple[int, np.ndarray]]:
     """``(n, texts)``: the texts with exactly ``n`` words, for ``min_words <= n < short_n`` (one feature each)."""
+    if grams.words.n_texts == 1:
+        n = int(grams.words.bounds[1])
+        if config.min_words <= n < config.short_n:
+            yield n, np.zeros(1, np.int64)
+        return
     lengths = grams.words.lengths()
     short = _nonzero((lengths >= config.min_words) & (lengths < config.short_n))
-    for n in np.unique(lengths[short]).tolist():
-        yield n, short[lengths[short] == n]
+    if len(short) == 1:
+        yield int(lengths[short[0]]), short
+    elif len(short):
+        for n in np.unique(lengths[short]).tolist():
+            yield n, short[lengths[short] == n]
 
 
 def long_features(grams: Grams, config: DecontamConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -346,6 +360,8 @@ def short_features(grams: Grams, config: DecontamConfig) -> tuple[np.ndarray, np
 def window_hits(table: GramTable, grams: Grams, n: int) -> tuple[np.ndarray, np.ndarray]:
     """``(text, key)`` of every ``n``-word window inside one text whose hash is in ``table``, in batch order."""
     which, keys = table.find(grams.features(n))
+    if grams.words.n_texts == 1:  # every window is inside the one text
+        return np.zeros(len(which), np.int64), keys
     texts = grams.text_of(which)
     inside = _nonzero(which + n <= grams.words.bounds[texts + 1])
     return texts[inside], keys[inside]
@@ -357,15 +373,22 @@ def window_hits(table: GramTable, grams: Grams, n: int) -> tuple[np.ndarray, np.
 class GramTable:
     """Sorted unique n-gram hashes, each with the ascending positions of the items holding it (CSR).
 
-    A byte table indexed by a hash's top bits screens queries before ``np.searchsorted``.
+    A bit table indexed by a hash's top bits screens queries before ``np.searchsorted``.
     """
 
     def __init__(self, keys: np.ndarray, offsets: np.ndarray, items: np.ndarray):
         self.keys, self.offsets, self.items = keys, offsets, items
-        bits = int(min(max(np.ceil(np.log2(max(len(keys), 1) * 16)), 10), 26))
-        self._shift = np.uint64(64 - bits)
-        self._screen = np.zeros(1 << bits, np.bool_)
-        self._screen[keys >> self._shift] = True
+        # a bit per 2**-bits slice of the hash range, about 1/64 set: ~2% of absent queries get past it
+        bits = int(min(max(np.ceil(np.log2(max(len(keys), 1) * 64)), 13), 28))
+        self._shift = _u64(64 - bits)
+        self._screen = np.zeros(1 << (bits - 3), np.uint8)
+        slot = keys >> self._shift
+        np.bitwise_or.at(self._screen, (slot >> _U3).astype(np.intp), np.left_shift(1, slot & _U7).astype(np.uint8))
+
+    def _maybe(self, hashes: np.ndarray) -> np.ndarray:
+        """Positions of the queries whose screen bit is set (every present key's is)."""
+        slot = hashes >> self._shift
+        return _nonzero((self._screen[slot >> _U3] >> (slot & _U7).astype(np.uint8)) & 1)
 
     @classmethod
     def from_pairs(cls, hashes: np.ndarray, items: np.ndarray) -> GramTable:
@@ -382,7 +405,7 @@ class GramTable:
         """``(i, k)``: ``hashes[i] == keys[k]``, for every query that is in the table, ``i`` ascending."""
         if not len(self.keys):
             return _EMPTY_I64, _EMPTY_I64
-        maybe = _nonzero(self._screen[hashes >> self._shift])
+        maybe = self._maybe(hashes)
         queries = hashes[maybe]
         k = np.minimum(np.searchsorted(self.keys, queries), len(self.keys) - 1)
         hit = self.keys[k] == queries
@@ -531,7 +554,7 @@ class HashedIndex(DecontamIndex):
 
     # -- Algorithm 1 ------------------------------------------------------------------------
     def check(self, text: str) -> Verdict:
-        return self.check_many([text])[0]
+        return self._check_batch([text])[0]
 
     def check_many(self, texts: Iterable[str]) -> list[Verdict]:
         """:meth:`check` for every text, vectorised over batches of about ``BATCH_CHARS`` characters."""

@@ -381,11 +381,6 @@ def dedup_clusters(texts: Sequence[str], config: DedupConfig | None = None) -> l
 # -- the pipeline step -------------------------------------------------------------------
 
 
-def record_text(record: Record) -> str:
-    """The text compared for a record: ``text``, else its message contents joined by newlines."""
-    if record.text is not None:
-        return record.text
-    return "\n".join(str(m.get("content", "")) for m in record.messages or ())
 
 
 class Dedup(Step):
@@ -404,7 +399,7 @@ class Dedup(Step):
 
     def run(self, records: Iterator[Record], ctx: StepContext) -> Iterator[Record]:
         buffered = list(records)
-        result = find_duplicates([record_text(r) for r in buffered], self.config)
+        result = find_duplicates([r.content() for r in buffered], self.config)
         for name, value in result.counters.items():
             ctx.stat(name, value)
         for record, rep, reason in zip(buffered, result.representatives, result.reasons):

@@ -14,49 +14,57 @@ extractor (trafilatura), so we write only the DOM rules.
 Pipeline (:func:`extract_html`; each rule is a small named function below):
 
 1. **Bound the input**: documents over ``max_chars`` are cut at a tag boundary
-   (counted ``truncated``); XML declarations and control characters are removed;
-   lxml parses with its default depth limit (256), and content nested deeper is
-   lost (counted ``depth_limit``): the price of never recursing on hostile trees.
+   (counted ``truncated``); XML declarations and control characters are removed.
+   lxml parses with libxml2's depth limit (256 levels); content nested deeper is
+   lost (counted ``depth_limit``), and no rule here recurses in Python on the tree.
 2. **Protect equations**: MathJax ``<script type="math/tex[; mode=display]">``,
    KaTeX (its TeX annotation), MathJax 3 ``<mjx-container>``, Wikipedia math,
-   ``<math>`` (TeX annotation or :mod:`~phiforge.curate.html_math`) and
+   ``<math>`` (TeX annotation, else :mod:`~phiforge.curate.html_math`) and
    ``<img class="latex" alt=...>`` become ``$...$`` / ``$$...$$``. TeX already in
    the text (``\\(...\\)``, ``$...$``) is text and stays as written. MathJax 2's
-   rendered glyph spans are dropped (its source script is kept next to them).
+   rendered glyph spans are dropped (its source script sits next to them).
 3. **Prune boilerplate** (:data:`BOILERPLATE_TAGS`, :data:`BOILERPLATE_PARTS`,
    :data:`BOILERPLATE_TOKENS`): nav/aside/forms/buttons, page-level header/footer,
    hidden elements, and elements whose class/id words name ads, cookie banners,
-   share bars, sidebars, related links, menus, signatures... A class match is
-   overruled by content length: an element holding ``keep_text_chars`` of
-   low-link-density text is content (``<div class="has-sidebar">`` wrapping a page).
-4. **Protect code**: ``<pre>`` (and SyntaxHighlighter's line tables) become fenced
-   blocks with the language from ``language-x``/``lang-x``/``brush: x``/``sourceCode
-   x``/``highlight-x`` classes; line-number gutters and copy buttons are removed,
-   highlighter token spans flatten to their text. ``<code>``/``<kbd>`` in running
-   text become ```` `x` ````.
+   share bars, sidebars, related links, menus, signatures... Content length
+   overrules a class match: an element holding ``keep_text_chars`` of mostly
+   non-link text is content (``<div class="with-sidebar">`` wrapping the article),
+   and loses its class so trafilatura's own class rules do not drop it either.
+4. **Protect code**: ``<pre>`` (and SyntaxHighlighter's per-line tables) become
+   fenced blocks with the language from ``language-x``/``lang-x``/``brush: x``/
+   ``sourceCode x``/``highlight-x``/``data-lang``; line-number gutters and copy
+   buttons are removed, highlighter token spans flatten to their text, ``<br>`` and
+   per-line ``<div>`` become newlines. ``<code>``/``<kbd>`` in running text become
+   `` `x` ``.
 5. **Protect tables**: a data table becomes a Markdown table (header row, pipes
-   escaped, colspans repeated as empty cells); a layout table (one row or column,
-   ``role="presentation"``, or cells holding code, headings, nested tables or long
-   prose) is unwrapped so its content flows as blocks.
-6. **Protect forum posts**: elements classed post/message/comment/reply/answer that
-   name an author become ``**author** (date):`` and the post body (quotes as ``> ``),
-   one post per paragraph, nested replies in document order. Posts are found only
-   where at least two exist, and never an element holding the page's ``<h1>``
-   (a blog article classed ``post`` is the article, not a thread post).
+   escaped, colspans as empty cells, caption above); a layout table (one row or
+   column, ``role="presentation"``, cells holding code, headings or over 400
+   characters) is unwrapped into blocks. Innermost tables first.
+6. **Protect forum posts**: an element with a class/id token naming a post
+   (``post``, ``message``, ``comment``, ``reply``, ``answer``; not a part of one such
+   as ``post-body``) that contains an author (``username``, ``fn``, ``itemprop=author``
+   ...) becomes ``**author** (date):`` and its body (quotes as ``> ``), posts set off
+   by blank lines, replies after their parent. Only where a page has two or more,
+   and never an element holding an ``<h1>`` (a blog article classed ``post``).
 7. **Extract main content** with ``trafilatura.extract`` (txt output, comments
-   included) on the modified tree. Steps 2 and 4-6 replaced each fragile element by
-   a placeholder (two unique tokens around its plain text, so the extractor's
-   text-density scoring sees the same amount of text), and the tokens are swapped
-   back for the rendered content here. If trafilatura finds nothing (tiny pages),
-   our own renderer of the cleaned DOM is used (counted ``own_renderer``).
+   included) on the modified tree. Steps 2 and 4-6 replaced each item by a
+   placeholder: two unique tokens around the item's plain text, so trafilatura's
+   text-density scoring sees as much text as before, in a ``<p>`` that also
+   replaces wrappers holding nothing else (trafilatura drops any class containing
+   "bar", e.g. Prism's ``code-toolbar``). The tokens are then swapped for the
+   rendered items. If trafilatura finds nothing (tiny pages) our own renderer of
+   the pruned DOM is used (counted ``own_renderer``); if it left out the page's
+   ``<h1>`` (it often does outside ``<article>``), the title goes first.
 
-Deviations and limits: trafilatura's txt output puts one block per line (no blank
-lines) and does not mark quotes, headings or emphasis outside forum posts; blocks we
-render (code, tables, posts) are set off by blank lines. AsciiMath scripts are kept
-as plain text, Content MathML is not converted, and a single pathological document
-is not time-limited (truncation bounds its size, not its cost).
+Deviations and limits: output follows trafilatura's txt format (one block per
+line; headings, emphasis and quotes outside posts are not marked); blocks we render
+(code, tables, posts) are set off by blank lines. A ``$`` in ordinary text (prices)
+is not escaped, so ``$...$`` is ambiguous downstream, as in the pages themselves.
+AsciiMath scripts stay plain text; Content MathML is not converted. One document's
+cost is bounded by ``max_chars`` but not time-limited (about 1-2 s per MB on one
+core). The fixture outputs pin trafilatura's behaviour (2.3), so a new release
+that changes it shows up in ``tests/curate/test_html.py``.
 """
-
 from __future__ import annotations
 
 import codecs
@@ -68,12 +76,13 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from phiforge.curate.html_math import is_display, local_name, mathml_to_latex, strip_displaystyle
 from phiforge.dataflow.records import Record
 from phiforge.dataflow.step import Step, StepContext
-from phiforge.errors import ConfigError
+from phiforge.errors import ConfigError, DataError
 
 INSTALL_HINT = "pip install 'phiforge[curate]'"
 KINDS = ("math", "code", "table", "post")
@@ -87,18 +96,22 @@ BOILERPLATE_PARTS = (
     "ad", "ads", "adsbygoogle", "advert", "adverts", "advertisement", "advertising", "sponsor", "sponsored",
     "banner", "cookie", "cookies", "consent", "gdpr", "share", "sharing", "sharebar", "social", "related",
     "recommended", "sidebar", "breadcrumb", "breadcrumbs", "menu", "nav", "navbar", "navigation", "newsletter",
-    "subscribe", "popup", "modal", "promo", "signature", "signaturecontainer", "copyright", "copy", "clipboard",
-    "pagination", "pager", "widget", "footer", "masthead", "vote", "votes", "voting", "skip", "navbox",
-    "postprofile", "userinfo", "avatar",
+    "subscribe", "popup", "modal", "promo", "signature", "signaturecontainer", "copyright", "clipboard",
+    "pagination", "pager", "footer", "masthead", "vote", "votes", "voting", "skip", "navbox", "postprofile",
+    "userinfo", "avatar", "tags",
 )
-"""A word of an element's class or id (split on ``-``, ``_`` and camelCase) that marks it as boilerplate."""
+"""A word of an element's class or id (split on ``-``, ``_`` and camelCase) that marks it as boilerplate.
+
+Not "copy" (``body-copy`` is article text) nor "widget" (page builders put whole
+articles in ``elementor-widget-text-editor``): those are whole tokens below."""
 BOILERPLATE_TOKENS = ("sr-only", "screen-reader-text", "visually-hidden", "comment-reply-link", "reply-link",
-                      "post-actions", "permalink", "like-button", "toolbar")
+                      "post-actions", "permalink", "like-button", "toolbar", "widget", "widget-area", "copy",
+                      "copy-link", "copy-button")
 """Whole class/id tokens that mark boilerplate."""
 GUTTER_TOKENS = ("gutter", "linenos", "lineno", "linenodiv", "line-numbers-rows", "line-number", "line-numbers",
                  "linenumber", "linenumbers", "hljs-ln-numbers", "ln-num", "blob-num", "copy-button",
                  "copy-code", "code-copy", "btn-copy", "toolbar", "code-toolbar-item")
-"""Class tokens of syntax-highlighter debris (line numbers, copy buttons) removed inside code blocks."""
+"""Class tokens of syntax-highlighter debris (line-number gutters, copy buttons), removed before code is read."""
 POST_PARTS = ("post", "message", "comment", "reply", "answer")
 """Class/id words of a forum post (or blog comment) element."""
 POST_META_PARTS = ("meta", "metadata", "header", "head", "author", "byline", "user", "username", "details",
@@ -169,8 +182,6 @@ class HtmlConfig:
     """Class/id words marking boilerplate (lower case); replace to tune for a crawl."""
     boilerplate_tokens: tuple[str, ...] = BOILERPLATE_TOKENS
     """Whole class/id tokens marking boilerplate (lower case)."""
-    _parts: frozenset = field(init=False, repr=False, compare=False)
-    _tokens: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("max_chars", "min_chars", "keep_text_chars"):
@@ -184,8 +195,7 @@ class HtmlConfig:
             words = getattr(self, name)
             if isinstance(words, str) or not all(isinstance(w, str) and w == w.lower() for w in words):
                 raise ConfigError(f"html: {name} must be a list of lower-case words, got {words!r}")
-        object.__setattr__(self, "_parts", frozenset(self.boilerplate_parts))
-        object.__setattr__(self, "_tokens", frozenset(self.boilerplate_tokens))
+            object.__setattr__(self, name, tuple(words))  # a YAML list; tuples keep the config hashable
 
     def build(self) -> HtmlToText:
         return HtmlToText(self)
@@ -295,12 +305,15 @@ def read_html_files(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> I
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for top in map(Path, paths):
+        if not top.exists():
+            raise DataError(f"{top}: no such HTML file or folder")
         files = sorted(p for p in top.rglob("*") if p.suffix.lower() in (".html", ".htm") and p.is_file()) \
             if top.is_dir() else [top]
         for path in files:
             text, how = decode_html(path.read_bytes())
             rel = path.relative_to(top) if top.is_dir() else Path(path.name)
-            yield Record(str(rel.with_suffix("")), text, metadata={"source_path": str(path), "decoding": how})
+            yield Record(rel.with_suffix("").as_posix(), text,
+                         metadata={"source_path": str(path), "decoding": how})
 
 
 class HtmlToText(Step):
@@ -318,6 +331,7 @@ class HtmlToText(Step):
         self.config = config or HtmlConfig()
 
     def run(self, records: Iterator[Record], ctx: StepContext) -> Iterator[Record]:
+        _lxml(), _trafilatura()  # a missing install fails the stage once, not every document
         for record in records:
             if not isinstance(record.text, str):
                 ctx.drop(record, "no_text")
@@ -581,16 +595,34 @@ def protect_math(root, store: Placeholders) -> None:
     has_scripts = any(_is_math_script(s) for s in root.iter("script"))
     drop_rendered_mathjax(root, keep_mathml=not has_scripts)
     for container in _math_containers(root):
-        math = next((m for m in container.iter() if local_name(m) == "math"), None)
+        math = next(iter(_xpath(MATH_XPATH)(container)), None)
         if math is not None:
             display = is_display(math) or _container_is_display(container)
             put_math(container, store, mathml_to_latex(math), display)
     for script in [s for s in root.iter("script") if _is_math_script(s)]:
+        if script.get("type", "").lower().startswith("math/asciimath"):  # not TeX: keep it as text
+            replace_inline(script, f" {script.text or ''} ")
+            continue
         put_math(script, store, *_script_tex(script))
-    for math in [m for m in root.iter() if local_name(m) == "math"]:
-        put_math(math, store, mathml_to_latex(math), is_display(math))
+    for math in _xpath(MATH_XPATH)(root):
+        if math.getparent() is not None:  # not inside an equation replaced just before
+            put_math(math, store, mathml_to_latex(math), is_display(math))
     for img in [i for i in root.iter("img") if _is_latex_image(i)]:
         put_math(img, store, strip_displaystyle(img.get("alt", "")), "display" in img.get("class", ""))
+
+
+MATH_XPATH = './/*[name()="math" or substring-after(name(), ":")="math"]'
+"""``<math>`` and prefixed ``<m:math>`` (the HTML parser keeps prefixes in tag names)."""
+MATHJAX2_XPATH = './/*[contains(@class, "MathJax") or contains(@class, "MJX") or contains(@class, "mjx-chtml")]'
+CONTAINER_XPATH = ('.//*[self::mjx-container or contains(@class, "katex") or contains(@class, "mwe-math-element")'
+                   ' or contains(@class, "MathJax")]')
+
+
+@lru_cache(maxsize=None)
+def _xpath(expr: str):
+    """A compiled XPath (compiled on first use: no lxml import when this module loads)."""
+    _, etree = _lxml()
+    return etree.XPath(expr)
 
 
 def put_math(el, store: Placeholders, tex: str, display: bool) -> None:
@@ -609,15 +641,11 @@ def drop_rendered_mathjax(root, keep_mathml: bool) -> None:
     """Remove MathJax 2 output (glyph spans, previews) whose TeX source script sits beside it.
 
     Without source scripts (a page saved with them stripped) a rendered span that
-    holds assistive MathML is kept, and the MathML is converted later.
+    holds assistive MathML is kept, and the MathML is converted later. MathJax 3's
+    ``<mjx-container>`` is never dropped: it keeps no source script.
     """
-    doomed = []
-    for el in root.iter():
-        classes = el.get("class", "")
-        if "MathJax" in classes or "MJX" in classes or "mjx-chtml" in classes:
-            holds_math = any(local_name(m) == "math" for m in el.iter())
-            if not (keep_mathml and holds_math):
-                doomed.append(el)
+    doomed = [el for el in _xpath(MATHJAX2_XPATH)(root) if not el.tag.startswith("mjx-")
+              and not (keep_mathml and _xpath(MATH_XPATH)(el))]
     for el in doomed:
         if el.getparent() is not None:
             el.drop_tree()
@@ -625,15 +653,13 @@ def drop_rendered_mathjax(root, keep_mathml: bool) -> None:
 
 def _math_containers(root) -> list:
     """KaTeX, Wikipedia and MathJax 3 wrappers: one equation each, rendered glyphs beside the MathML."""
-    found = []
-    for el in root.iter():
-        if not isinstance(el.tag, str):
-            continue
+    found, seen = [], set()
+    for el in _xpath(CONTAINER_XPATH)(root):
         tokens = el.get("class", "").split()
-        if el.tag == "mjx-container" or "katex" in tokens or "mwe-math-element" in tokens \
-                or "MathJax" in tokens or "MathJax_Display" in tokens:
-            if not any(a in found for a in el.iterancestors()):
+        if el.tag == "mjx-container" or {"katex", "mwe-math-element", "MathJax", "MathJax_Display"} & set(tokens):
+            if seen.isdisjoint(el.iterancestors()):
                 found.append(el)
+                seen.add(el)
     return found
 
 
@@ -672,7 +698,12 @@ def _is_latex_image(img) -> bool:
 
 
 def remove_boilerplate(root, config: HtmlConfig) -> None:
-    """Drop boilerplate elements (tags, hidden, class/id words), skipping inside code blocks."""
+    """Drop boilerplate elements (tags, hidden, class/id words), skipping inside code blocks.
+
+    An element whose class says boilerplate but which holds long prose loses its
+    class and id instead, so the extractor's own class rules (trafilatura drops any
+    class containing "sidebar") do not undo the content-length verdict.
+    """
     _, etree = _lxml()
     doomed = []
     walker = etree.iterwalk(root, events=("start",))
@@ -680,29 +711,37 @@ def remove_boilerplate(root, config: HtmlConfig) -> None:
         if not isinstance(el.tag, str) or el.tag in ("pre", "code"):
             walker.skip_subtree()
             continue
-        if is_boilerplate(el, config):
+        verdict = boilerplate_verdict(el, config)
+        if verdict == "drop":
             doomed.append(el)
             walker.skip_subtree()
+        elif verdict == "overruled":
+            el.attrib.pop("class", None)
+            el.attrib.pop("id", None)
     for el in doomed:
         el.drop_tree()
 
 
-def is_boilerplate(el, config: HtmlConfig) -> bool:
-    """The element-level rule: by tag, visibility, then class/id words unless it is long prose."""
+def boilerplate_verdict(el, config: HtmlConfig) -> str:
+    """``"drop"`` (by tag, visibility or class/id words), ``"overruled"`` (class match on long prose) or ``"keep"``."""
     tag = el.tag
     if tag in ("html", "body", "main", "article"):
-        return False
+        return "keep"
     if tag in BOILERPLATE_TAGS or is_hidden(el):
-        return True
+        return "drop"
     if tag in ("header", "footer"):
-        return is_page_chrome(el)
+        return "drop" if is_page_chrome(el) else "keep"
     if not (el.get("class") or el.get("id")):
-        return False
-    tokens = class_tokens(el)
-    words = class_words(el)
-    if not (config._tokens.intersection(tokens) or config._parts.intersection(words)):
-        return False
-    return not is_long_prose(el, config.keep_text_chars)
+        return "keep"
+    parts, tokens = _word_sets(config.boilerplate_parts, config.boilerplate_tokens)
+    if not (tokens.intersection(class_tokens(el)) or parts.intersection(class_words(el))):
+        return "keep"
+    return "overruled" if is_long_prose(el, config.keep_text_chars) else "drop"
+
+
+@lru_cache(maxsize=16)
+def _word_sets(parts: tuple[str, ...], tokens: tuple[str, ...]) -> tuple[frozenset, frozenset]:
+    return frozenset(parts), frozenset(tokens)
 
 
 def is_hidden(el) -> bool:
@@ -756,7 +795,6 @@ def protect_code(root, store: Placeholders) -> None:
     remove_gutters(root)
     for el in _outermost(root, lambda e: e.tag == "pre" or "syntaxhighlighter" in class_tokens(e)):
         language = code_language(el)
-        remove_gutters(el)
         text = code_text(el)
         if not text.strip():
             el.drop_tree()
@@ -768,7 +806,6 @@ def protect_code(root, store: Placeholders) -> None:
 
 def put_inline_code(el, store: Placeholders) -> None:
     """``<code>`` in running text -> `` `x` ``; a multi-line one outside a paragraph -> a fenced block."""
-    remove_gutters(el)
     text = code_text(el)
     if not text.strip():
         replace_inline(el, text)
@@ -795,8 +832,10 @@ def _outermost(root, predicate) -> list:
 
 
 def remove_gutters(el) -> None:
-    """Remove line-number gutters and copy buttons under ``el`` (never a ``<pre>``/``<code>`` itself:
-    Prism marks numbered blocks ``<pre class="line-numbers">``)."""
+    """Remove line-number gutters and copy buttons (:data:`GUTTER_TOKENS`) under ``el``.
+
+    Never a ``<pre>``/``<code>`` itself: Prism marks numbered blocks ``<pre class="line-numbers">``.
+    """
     gutter = frozenset(GUTTER_TOKENS)
     doomed = [d for d in el.iterdescendants() if isinstance(d.tag, str) and d.tag not in ("pre", "code")
               and (d.tag == "button" or gutter.intersection(class_tokens(d)))]
@@ -944,7 +983,7 @@ def unwrap_table(table) -> None:
             el.drop_tree()
         elif el.tag in ("table", "tbody", "thead", "tfoot", "tr", "td", "th", "caption"):
             el.tag = "div"
-            for attr in ("class", "id"):  # its cells are content now; keep boilerplate rules off them
+            for attr in ("class", "id"):  # the classes described the layout; trafilatura would judge them
                 el.attrib.pop(attr, None)
 
 
@@ -1004,8 +1043,9 @@ def _is_author(el) -> bool:
 
 def post_date(post):
     """The post's ``<time>`` (or date-classed element), or None."""
-    for el in post.iter("time"):
-        return el
+    time_el = next(post.iter("time"), None)
+    if time_el is not None:
+        return time_el
     for el in post.iterdescendants():
         if isinstance(el.tag, str) and class_words(el) & set(DATE_PARTS) and 0 < len(plain_text(el)) <= 80:
             return el
@@ -1013,11 +1053,13 @@ def post_date(post):
 
 
 def put_post(post, author_el, store: Placeholders) -> None:
+    """``**author** (date):`` then the post's own text (header, profile and signature parts left out)."""
     date_el = post_date(post)
     skip = {author_el, *post_meta(post)}
+    date = ""
     if date_el is not None:
         skip.add(date_el)
-    date = plain_text(date_el) or date_el.get("datetime", "") if date_el is not None else ""
+        date = plain_text(date_el) or date_el.get("datetime", "")
     header = f"**{plain_text(author_el)}**" + (f" ({date})" if date else "") + ":"
     body, used = store.resolve(render_text(post, skip=skip))
     put_placeholder(post, store, "post", f"\n{header}\n{body.strip()}\n", block=True, children=used)
@@ -1076,7 +1118,7 @@ def render_text(el, skip: set | frozenset = frozenset()) -> str:
                 out.write(node.text or "")
         else:
             if node not in skip:
-                _close(tag, out)
+                _close(node, tag, out)
             if node is not el:
                 out.write(node.tail or "")
     out.newline()
@@ -1092,15 +1134,15 @@ def _open(tag: str, out: _Lines) -> None:
         out.write("- ")
 
 
-def _close(tag: str, out: _Lines) -> None:
+def _close(node, tag: str, out: _Lines) -> None:
     if tag in BLOCK_TAGS:
         out.newline()
     if tag == "blockquote":
         out.quote -= 1
     elif tag in ("td", "th"):
         out.write(" ")
-    elif tag == "cite":  # "alice wrote:" heading a forum quote
-        out.newline()
+    elif tag == "cite" and node.getparent() is not None and node.getparent().tag == "blockquote":
+        out.newline()  # "alice wrote:" heading a forum quote
 
 
 def tidy_text(text: str) -> str:

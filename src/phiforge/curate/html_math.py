@@ -114,7 +114,7 @@ def _join(parts) -> str:
     for part in parts:
         if not part:
             continue
-        if _COMMAND_END.search(out) and part[0].isalpha():
+        if part[0].isalpha() and _COMMAND_END.search(out[-32:]):
             out += " "
         out += part
     return out

@@ -135,11 +135,6 @@ def detect_many(texts: Iterable[str], *, max_chars: int = DEFAULT_MAX_CHARS) -> 
     return [_predict(model, text, max_chars) for text in texts]
 
 
-def _record_text(record: Record) -> str:
-    """The text a curation filter judges: ``text``, else the messages' contents joined by blank lines."""
-    if record.text is not None:
-        return record.text
-    return "\n\n".join(m["content"] for m in record.messages or ())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,7 +182,7 @@ class LanguageID(Step):
         allowed = frozenset(cfg.languages)
         model = _load_model()
         for record in records:
-            lang, score = _predict(model, _record_text(record), cfg.max_chars)
+            lang, score = _predict(model, record.content(), cfg.max_chars)
             if lang == UNDETERMINED:
                 ctx.drop(record, "empty_document")
                 continue
@@ -271,7 +266,7 @@ def apply_language_quotas(records: Sequence[Record], quotas: Mapping[str, float]
         if not isinstance(lang, str):
             raise DataError(f"record {record.id!r} has no metadata['lang']: run LanguageID before LanguageQuota")
         langs.append(lang)
-        weights.append(len(_record_text(record)) if unit == "chars" else 1)
+        weights.append(len(record.content()) if unit == "chars" else 1)
     totals: dict[str, float] = {}
     for lang, w in zip(langs, weights):
         totals[lang] = totals.get(lang, 0) + w
@@ -305,5 +300,5 @@ class LanguageQuota(Step):
                 continue
             lang = record.metadata["lang"]
             ctx.stat(f"kept_docs/{lang}")
-            ctx.stat(f"kept_chars/{lang}", len(_record_text(record)))
+            ctx.stat(f"kept_chars/{lang}", len(record.content()))
             yield record

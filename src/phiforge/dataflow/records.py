@@ -67,6 +67,12 @@ class Record:
     metadata: dict = field(default_factory=dict)
     provenance: Provenance = field(default_factory=Provenance)
 
+    def content(self) -> str:
+        """The text a filter judges: ``text``, else the messages' contents joined by blank lines."""
+        if self.text is not None:
+            return self.text
+        return "\n\n".join(str(m.get("content", "")) for m in self.messages or ())
+
     def to_dict(self) -> dict:
         """The flat row written to shards (every column present, see the module docstring)."""
         p = self.provenance

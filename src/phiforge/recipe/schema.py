@@ -102,6 +102,67 @@ class DataSection(Section):
         return gen + [s.name for s in self.sources if s.kind == "long"]
 
 
+CURATE_STEPS = ("html", "langid", "language_quota", "corruption", "dedup", "decontam", "quality")
+_CURATE_CONFIGS = {  # step -> (module, config class) validating its table; see phiforge.curate.stage
+    "html": ("phiforge.curate.html", "HtmlConfig"), "langid": ("phiforge.curate.langid", "LangIdConfig"),
+    "language_quota": ("phiforge.curate.langid", "LanguageQuotaConfig"),
+    "corruption": ("phiforge.curate.corruption", "CorruptionConfig"), "dedup": ("phiforge.curate.dedup", "DedupConfig"),
+    "decontam": ("phiforge.curate.decontam", "DecontamConfig"), "quality": ("phiforge.curate.quality", "QualityConfig"),
+}
+
+
+class CurateSection(Section):
+    """Organic-data curation before tokenisation (report §2.3, App. B; docs/curate.md).
+
+    Each listed source is read from ``data/raw/<name>.jsonl`` (HTML pages, when the
+    data stage wrote them) or ``data/train/<name>.jsonl``, runs through ``steps`` in
+    order, and replaces the source for the tokenizer and pretraining. Each step's
+    table (``[curate.dedup]`` ...) holds that step's settings.
+    """
+
+    enabled: bool = False
+    sources: list[str] = Field(default_factory=lambda: ["web"], min_length=1)
+    steps: list[Literal["html", "langid", "language_quota", "corruption", "dedup", "decontam", "quality"]] = \
+        Field(default_factory=lambda: ["html", "langid", "corruption", "dedup", "decontam", "quality"])
+    html: dict[str, Any] = Field(default_factory=dict)
+    langid: dict[str, Any] = Field(default_factory=dict, description="e.g. languages = ['en'] (default: keep all, tag)")
+    language_quota: dict[str, Any] = Field(default_factory=dict)
+    corruption: dict[str, Any] = Field(default_factory=dict)
+    dedup: dict[str, Any] = Field(default_factory=dict)
+    decontam: dict[str, Any] = Field(default_factory=dict, description="thresholds: DecontamConfig fields")
+    benchmarks: list[str] = Field(default_factory=lambda: ["data:eval"], description="JSONL benchmark files to "
+                                  "decontaminate against; 'data:eval' = the run's held-out eval set")
+    drop_partial: bool = Field(False, description="decontam: also drop documents with a partial 7-gram overlap")
+    quality: dict[str, Any] = Field(default_factory=dict, description="QualityConfig fields (thresholds, amplifier)")
+    annotate_docs: int = Field(300, ge=10, description="documents the annotator labels to train the classifier")
+    annotator: str = Field("teacher", pattern=IDENT, description="[models] role that labels documents")
+    annotate_method: Literal["logprob", "json"] = Field("logprob", description="logprob: scores read off the "
+                                                        "annotator's next-token distribution (small models); json")
+    max_epochs: float = Field(10.0, gt=0, description="warn when the pretraining mixture repeats a source more")
+
+    @model_validator(mode="after")
+    def _step_tables(self):
+        for step in _CURATE_CONFIGS:  # only tables a user filled in: no curation imports for default recipes
+            if getattr(self, step):
+                curate_config(step, getattr(self, step))
+        return self
+
+
+def curate_config(step: str, table: dict):
+    """The validated config object of a curation step (ValueError naming the bad key)."""
+    import importlib
+
+    module, cls_name = _CURATE_CONFIGS[step]
+    cls = getattr(importlib.import_module(module), cls_name)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ValueError(f"[curate.{step}]: {e}; see {module}.{cls_name} for the keys") from e
+    except ConfigError as e:
+        raise ValueError(f"[curate.{step}]: {e}") from e
+
+
 class TokenizerSection(Section):
     kind: Literal["bpe", "phi4"] = Field("bpe", description="bpe: train on the run's data; phi4: cl100k + Phi-4 specials")
     vocab_size: int = Field(1024, ge=261, le=1_000_000, description="bpe only")
@@ -582,6 +643,7 @@ class Recipe(Section):
 
     run: RunSection = RunSection()
     data: DataSection = DataSection()
+    curate: CurateSection = CurateSection()
     tokenizer: TokenizerSection = TokenizerSection()
     model: ModelSection = ModelSection()
     pretrain: PretrainSection = PretrainSection()
@@ -609,6 +671,7 @@ class Recipe(Section):
                              "pretrain.seq_len or raise model.max_position_embeddings")
         self._check_synth(known)
         self._check_posttrain()
+        self._check_curate()
         if self.midtrain.enabled and not self.data.long_source_names():
             raise ValueError("midtrain needs a long-document source: use data.generator = 'tinymath' or add a "
                              "[[data.sources]] entry with kind = 'long' (or set midtrain.enabled = false)")
@@ -630,6 +693,19 @@ class Recipe(Section):
                     raise ValueError(f"synth.pipelines[{i}].steps[{j}].models names unknown model role(s) {bad}; "
                                      f"roles are {sorted(roles)}")
             earlier.append(pipe.name)
+
+    def _check_curate(self) -> None:
+        if not self.curate.enabled:
+            return
+        unknown = sorted(set(self.curate.sources) - set(self.data.source_names()))
+        if unknown:
+            raise ValueError(f"curate.sources names unknown data source(s) {unknown}; sources are "
+                             f"{self.data.source_names()}")
+        if "quality" in self.curate.steps and self.curate.annotator not in self.models.roles():
+            raise ValueError(f"curate.annotator = {self.curate.annotator!r} is not a model role "
+                             f"({sorted(self.models.roles())})")
+        if "data:eval" in self.curate.benchmarks and self.data.generator != "tinymath" and not self.data.eval_file:
+            raise ValueError("curate.benchmarks has 'data:eval' but the run has no eval set; list benchmark files")
 
     def _check_posttrain(self) -> None:
         """Each post-training stage needs the one before it, and data refs need the tinymath generator."""
