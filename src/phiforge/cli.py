@@ -21,7 +21,7 @@ from pathlib import Path
 from phiforge.errors import PhiforgeError
 
 DEFAULT_RECIPE = Path("recipes/tiny.toml")
-STAGE_COMMANDS = ("data", "synth", "tokenizer", "pretrain", "midtrain", "refusal", "sft", "pts", "dpo", "judge", "dpo_judge",
+STAGE_COMMANDS = ("data", "curate", "synth", "tokenizer", "pretrain", "midtrain", "refusal", "sft", "pts", "dpo", "judge", "dpo_judge",
                   "eval", "report")
 
 

@@ -162,7 +162,7 @@ def test_register_section_adds_a_section(full_run, monkeypatch):
     html = build_report(full_run).read_text()
     assert html.index('id="loss"') < html.index('<section id="sft"><h2>SFT</h2>4242') < html.index('id="evaluation"')
     assert "Section <code>broken</code> could not be rendered: RuntimeError: boom &lt;here&gt;" in html
-    assert len(SECTIONS) == 10  # the module-level registry (6 core + synth + 2 post-training + benchmarks) is untouched
+    assert len(SECTIONS) == 11  # the module-level registry (6 core + synth + 2 post-training + benchmarks + curation) is untouched
 
 
 def test_runview_caches_and_reports_missing(tmp_path):

@@ -75,7 +75,8 @@ def contamination_flags(ctx: StageContext, tokenizer) -> tuple[dict, dict]:
         task = make_task(spec.task, task_options(ctx, spec, "pretrain", ()), tokenizer=tokenizer)
         items = task.load()
         wanted[spec.label] = (items, [task.contamination_text(it) for it in items])
-    found = flag_tasks(wanted, _training_texts(ctx), progress=lambda n: ctx.log(f"contamination: {n:,} documents"))
+    found = flag_tasks(wanted, _training_texts(ctx),
+                       progress=lambda n: n % 10_000 == 0 and ctx.log(f"contamination: {n:,} documents"))
     flags, counts = {}, {}
     for label, per_item in found.items():
         flags[label] = {item_id: f.verdict for item_id, f in per_item.items()}
@@ -86,9 +87,12 @@ def contamination_flags(ctx: StageContext, tokenizer) -> tuple[dict, dict]:
 
 
 def _training_texts(ctx: StageContext) -> Iterator[str]:
-    """The run's training documents: pretraining sources and post-training sets (text or message contents)."""
-    data = ctx.input_dir("data")
-    files = sorted((data / "train").glob("*.jsonl")) + sorted((data / "posttrain").glob("*.jsonl"))
+    """The run's training documents: pretraining sources (curated where curated) and post-training sets."""
+    from phiforge.curate.stage import curated_files
+
+    data, curated = ctx.input_dir("data"), curated_files(ctx)
+    files = [curated.get(p.stem, p) for p in sorted((data / "train").glob("*.jsonl"))]
+    files += sorted((data / "posttrain").glob("*.jsonl"))
     for path in files:
         for row in read_jsonl(path):
             yield _row_text(row)

@@ -102,12 +102,16 @@ class DataSection(Section):
         return gen + [s.name for s in self.sources if s.kind == "long"]
 
 
-CURATE_STEPS = ("html", "langid", "language_quota", "corruption", "dedup", "decontam", "quality")
+CURATE_STEPS = ("html", "langid", "language_quota", "corruption", "dedup", "decontam", "quality", "amplifier")
 _CURATE_CONFIGS = {  # step -> (module, config class) validating its table; see phiforge.curate.stage
     "html": ("phiforge.curate.html", "HtmlConfig"), "langid": ("phiforge.curate.langid", "LangIdConfig"),
     "language_quota": ("phiforge.curate.langid", "LanguageQuotaConfig"),
     "corruption": ("phiforge.curate.corruption", "CorruptionConfig"), "dedup": ("phiforge.curate.dedup", "DedupConfig"),
-    "decontam": ("phiforge.curate.decontam", "DecontamConfig"), "quality": ("phiforge.curate.quality", "QualityConfig"),
+    "decontam": ("phiforge.curate.decontam", "DecontamConfig"),
+    "quality": ("phiforge.curate.quality", "QualityFilterConfig"),
+    "amplifier": ("phiforge.curate.quality", "NonStemAmplifierConfig"),
+    "classifier": ("phiforge.curate.quality", "QualityClassifierConfig"),
+    "annotate": ("phiforge.curate.annotate", "AnnotateConfig"),
 }
 
 
@@ -122,7 +126,8 @@ class CurateSection(Section):
 
     enabled: bool = False
     sources: list[str] = Field(default_factory=lambda: ["web"], min_length=1)
-    steps: list[Literal["html", "langid", "language_quota", "corruption", "dedup", "decontam", "quality"]] = \
+    steps: list[Literal["html", "langid", "language_quota", "corruption", "dedup", "decontam", "quality",
+                        "amplifier"]] = \
         Field(default_factory=lambda: ["html", "langid", "corruption", "dedup", "decontam", "quality"])
     html: dict[str, Any] = Field(default_factory=dict)
     langid: dict[str, Any] = Field(default_factory=dict, description="e.g. languages = ['en'] (default: keep all, tag)")
@@ -133,11 +138,16 @@ class CurateSection(Section):
     benchmarks: list[str] = Field(default_factory=lambda: ["data:eval"], description="JSONL benchmark files to "
                                   "decontaminate against; 'data:eval' = the run's held-out eval set")
     drop_partial: bool = Field(False, description="decontam: also drop documents with a partial 7-gram overlap")
-    quality: dict[str, Any] = Field(default_factory=dict, description="QualityConfig fields (thresholds, amplifier)")
+    quality: dict[str, Any] = Field(default_factory=dict, description="QualityFilterConfig: min_edu, "
+                                    "min_edu_non_stem, stem_topics (the classifier is trained by the stage)")
+    amplifier: dict[str, Any] = Field(default_factory=dict, description="NonStemAmplifierConfig: keep_fraction, "
+                                      "shares per topic group")
+    classifier: dict[str, Any] = Field(default_factory=dict, description="QualityClassifierConfig (hashed "
+                                       "n-grams + linear models)")
+    annotate: dict[str, Any] = Field(default_factory=dict, description="AnnotateConfig: method (logprob | json), "
+                                     "topics, max_chars ...")
     annotate_docs: int = Field(300, ge=10, description="documents the annotator labels to train the classifier")
     annotator: str = Field("teacher", pattern=IDENT, description="[models] role that labels documents")
-    annotate_method: Literal["logprob", "json"] = Field("logprob", description="logprob: scores read off the "
-                                                        "annotator's next-token distribution (small models); json")
     max_epochs: float = Field(10.0, gt=0, description="warn when the pretraining mixture repeats a source more")
 
     @model_validator(mode="after")
@@ -154,13 +164,15 @@ def curate_config(step: str, table: dict):
 
     module, cls_name = _CURATE_CONFIGS[step]
     cls = getattr(importlib.import_module(module), cls_name)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    values = {k: tuple(v) if isinstance(v, list) and not issubclass(cls, BaseModel) else v for k, v in table.items()}
+    if step == "quality":  # the stage sets the trained classifier's path
+        values.setdefault("model_path", "<trained by the curate stage>")
     try:
         return cls(**values)
     except TypeError as e:
         raise ValueError(f"[curate.{step}]: {e}; see {module}.{cls_name} for the keys") from e
-    except ConfigError as e:
-        raise ValueError(f"[curate.{step}]: {e}") from e
+    except (ConfigError, ValidationError) as e:
+        raise ValueError(f"[curate.{step}]: {e}".replace("\n", "; ")) from e
 
 
 class TokenizerSection(Section):

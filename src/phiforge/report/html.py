@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 
 SectionFn = Callable[["RunView"], "str | None"]
 
-DEFAULT_ORDER = ("data", "synth", "tokenizer", "pretrain", "midtrain", "refusal", "sft", "pts", "dpo", "judge", "dpo_judge",
+DEFAULT_ORDER = ("data", "curate", "synth", "tokenizer", "pretrain", "midtrain", "refusal", "sft", "pts", "dpo", "judge", "dpo_judge",
                  "eval", "report")
 TRAINING_STAGES = ["pretrain", "midtrain"]  # stages with metrics.jsonl / mixture.json
 POSTTRAIN_STAGES = ["sft", "dpo", "dpo_judge"]  # metrics.jsonl, shown only when they ran
@@ -533,3 +533,4 @@ def _page(title: str, body: str) -> str:
 from phiforge.report import synth as _synth  # noqa: E402,F401
 from phiforge.report import posttrain as _posttrain  # noqa: E402,F401
 from phiforge.report import benchmarks as _benchmarks  # noqa: E402,F401
+from phiforge.report import curate as _curate  # noqa: E402,F401

@@ -46,9 +46,12 @@ def _lazy(module: str, fn: str) -> Callable[[StageContext], dict]:
 STAGES: list[Stage] = [
     Stage("data", ("data",), (), _lazy("phiforge.data.stage", "run_data"),
           description="make or import the corpora, held-out and eval sets"),
+    Stage("curate", ("models", "curate"), ("data",), _lazy("phiforge.curate.stage", "run_curate"), resumable=True,
+          description="organic-data curation: HTML extraction, language ID, corruption, dedup, decontamination, "
+                      "quality classifier"),
     Stage("synth", ("models", "synth"), ("data",), _lazy("phiforge.synth.stage", "run_synth"), resumable=True,
           description="synthetic data: the recipe's generation pipelines (teacher via [models])"),
-    Stage("tokenizer", ("tokenizer",), ("data", "synth"), _lazy("phiforge.tokenize.stage", "run_tokenizer"),
+    Stage("tokenizer", ("tokenizer",), ("data", "curate", "synth"), _lazy("phiforge.tokenize.stage", "run_tokenizer"),
           description="train (bpe) or build (phi4) the tokenizer and encode every source"),
     Stage("pretrain", ("model", "pretrain"), ("tokenizer",), _lazy("phiforge.train.stages", "run_pretrain"),
           resumable=True, description="pretrain on the source mixture"),
