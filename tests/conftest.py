@@ -20,7 +20,7 @@ FAST_OVERRIDES = [
     "midtrain.max_steps=4", "midtrain.micro_batch_size=2", "midtrain.seq_len=128", "midtrain.warmup_steps=1",
     "midtrain.eval_every=2", "midtrain.checkpoint_every=2", "midtrain.valid_sequences=2",
     "eval.max_new_tokens=8", "eval.batch_size=8",
-    "synth.enabled=false",
+    "synth.enabled=false", "curate.enabled=false", "data.tinymath.web_html=false",
     "sft.enabled=false", "pts.enabled=false", "dpo.enabled=false", "judge.enabled=false",
     "dpo_judge.enabled=false", "eval.models=[\"pretrain\",\"midtrain\"]",
 ]

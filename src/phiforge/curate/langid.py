@@ -174,6 +174,8 @@ class LanguageID(Step):
     filtering; dropped records keep their tags, so the dropped shard shows them.
     """
 
+    name = "language_id"  # not snake_case's "language_i_d"
+
     def __init__(self, config: LangIdConfig | None = None):
         self.config = config or LangIdConfig()
 

@@ -38,6 +38,7 @@ from phiforge.recipe.schema import curate_config
 from phiforge.run.context import StageContext
 
 TRAIN_DIR = "train"
+WHOLE_SOURCE_STEPS = ("dedup",)
 STEP_CLASSES = {"html": ("phiforge.curate.html", "HtmlToText"), "langid": ("phiforge.curate.langid", "LanguageID"),
                 "language_quota": ("phiforge.curate.langid", "LanguageQuota"),
                 "corruption": ("phiforge.curate.corruption", "CorruptionFilter"),
@@ -71,33 +72,59 @@ def curate_source(ctx: StageContext, name: str, index: Path | None) -> dict:
     folder = ctx.stage_dir / name
     raw = ctx.input_dir("data") / "raw" / f"{name}.jsonl"
     is_html = raw.is_file()
-    n_in = _write_inputs(raw if is_html else ctx.input_dir("data") / "train" / f"{name}.jsonl", folder / "inputs")
-    steps = [_build(cfg, s, index) for s in cfg.steps if s not in ("quality", "amplifier") and (s != "html" or is_html)]
-    ctx.log(f"{name}: {n_in:,} documents{' (HTML)' if is_html else ''} -> " + " -> ".join(s.name for s in steps))
-    first = LocalExecutor(steps, input=str(folder / "inputs"), output_dir=str(folder / "filtered"), workers=1,
-                          progress=False).run()
-    out, runs = folder / "filtered", [first]
+    n_in = _write_inputs(raw if is_html else ctx.input_dir("data") / "train" / f"{name}.jsonl", folder / "inputs",
+                         shards=max(1, cfg.workers) * 4)
+    names = [s for s in cfg.steps if s not in ("quality", "amplifier") and (s != "html" or is_html)]
+    ctx.log(f"{name}: {n_in:,} documents{' (HTML)' if is_html else ''} -> " + " -> ".join(names))
+    out, runs = folder / "inputs", []
+    for i, segment in enumerate(segments(names)):
+        whole = any(s in WHOLE_SOURCE_STEPS for s in segment)
+        if whole:  # dedup compares every pair of documents: one task over one shard
+            out = _merged(out, folder / f"merged{i}")
+        dest = folder / ("filtered" if i == len(segments(names)) - 1 else f"stage{i}")
+        runs.append(LocalExecutor([_build(cfg, s, index) for s in segment], input=str(out), output_dir=str(dest),
+                                  workers=1 if whole else cfg.workers, progress=False).run())
+        out = dest
     quality = None
     if "quality" in cfg.steps:
-        quality = _train_quality(ctx, name, folder)
+        quality = _train_quality(ctx, name, out)
         runs.append(LocalExecutor(_quality_steps(ctx, folder), input=str(out), output_dir=str(folder / "out"),
                                   workers=1, progress=False).run())
         out = folder / "out"
     kept = _write_curated(out, ctx.stage_dir / TRAIN_DIR / f"{name}.jsonl")
     ctx.log(f"{name}: kept {kept:,} of {n_in:,} documents")
     return {"input_docs": n_in, "kept_docs": kept, "html": is_html, "steps": _step_stats(runs),
-            "plants": _plant_table(folder), "quality": quality}
+            "plants": _plant_table(folder, out), "quality": quality}
 
 
-def _write_inputs(path: Path, folder: Path) -> int:
-    """The source as ONE record shard (dedup compares every pair within a task); extra fields go to metadata."""
+def segments(steps: list[str]) -> list[list[str]]:
+    """Consecutive per-document steps run sharded in parallel; a whole-source step (dedup) gets its own run."""
+    out: list[list[str]] = []
+    for step in steps:
+        if step in WHOLE_SOURCE_STEPS or not out or out[-1][-1] in WHOLE_SOURCE_STEPS:
+            out.append([step])
+        else:
+            out[-1].append(step)
+    return out
+
+
+def _merged(src: Path, folder: Path) -> Path:
+    """``src``'s shards as one shard (records in order), rewritten from scratch."""
+    for old in folder.glob("shard-*"):
+        old.unlink()
+    write_shards(read_records(src), folder, records_per_shard=1 << 62)
+    return folder
+
+
+def _write_inputs(path: Path, folder: Path, shards: int) -> int:
+    """The source as record shards (extra fields such as a page's ``plant`` go to metadata)."""
     if not path.is_file():
         raise StageError(f"curate: {path} not found; is the source produced by the data stage?")
     for old in folder.glob("shard-*"):
         old.unlink()
-    records = (_record(row) for row in read_jsonl(path, required=("id", "text")))
-    write_shards(records, folder, records_per_shard=1 << 62)
-    return sum(1 for _ in read_records(folder))
+    rows = list(read_jsonl(path, required=("id", "text")))
+    write_shards((_record(row) for row in rows), folder, records_per_shard=max(1, -(-len(rows) // shards)))
+    return len(rows)
 
 
 def _record(row: dict) -> Record:
@@ -132,14 +159,12 @@ def _step_stats(runs: list[dict]) -> list[dict]:
     return out
 
 
-def _plant_table(folder: Path) -> dict:
+def _plant_table(folder: Path, final: Path) -> dict:
     """``{plant kind: {"kept": n, "<step>/<reason>": n}}`` over the planted pages (tiny recipe)."""
     table: dict[str, Counter] = {}
-    for sub in ("filtered", "out"):
-        if (folder / sub / "dropped").is_dir():
-            for record, reason, step in read_dropped(folder / sub / "dropped"):
-                table.setdefault(record.metadata.get("plant", "unknown"), Counter())[f"{step}/{reason}"] += 1
-    final = folder / ("out" if (folder / "out").is_dir() else "filtered")
+    for dropped in sorted(folder.glob("*/dropped")):
+        for record, reason, step in read_dropped(dropped):
+            table.setdefault(record.metadata.get("plant", "unknown"), Counter())[f"{step}/{reason}"] += 1
     for record in read_records(final):
         table.setdefault(record.metadata.get("plant", "unknown"), Counter())["kept"] += 1
     return {k: dict(v) for k, v in sorted(table.items())}
@@ -165,7 +190,7 @@ def _decontam_index(ctx: StageContext) -> Path:
 # ---------------------------------------------------------------------------- quality
 
 
-def _train_quality(ctx: StageContext, name: str, folder: Path) -> dict:
+def _train_quality(ctx: StageContext, name: str, filtered: Path) -> dict:
     """The annotator labels a sample of the filtered documents; a hashed n-gram classifier learns the labels.
 
     Report §2.3: small non-LLM classifiers trained on LLM annotations select web
@@ -176,7 +201,8 @@ def _train_quality(ctx: StageContext, name: str, folder: Path) -> dict:
     from phiforge.curate.quality import train_and_evaluate
 
     cfg = ctx.recipe.curate
-    docs = list(read_records(folder / "filtered"))
+    folder = filtered.parent
+    docs = list(read_records(filtered))
     if len(docs) < 3:
         raise StageError(f"curate: only {len(docs)} documents of '{name}' survive before the quality step; "
                          "nothing to train a classifier on (loosen the earlier filters or drop 'quality')")

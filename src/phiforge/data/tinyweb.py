@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import random
+import zlib
 from dataclasses import dataclass
 
 FOREIGN = {
@@ -35,6 +36,8 @@ NAV = ['<a href="/">Home</a>', '<a href="/forums">Forums</a>', '<a href="/new">N
        '<a href="/login">Log in</a>', '<a href="/register">Register</a>']
 ADS = ["Buy cheap calculators today! Free shipping on all orders.", "Learn math fast with our app. Download now!",
        "Top 10 tutors near you. Book a free lesson.", "Sponsored: the best graph paper money can buy."]
+TITLES = ["quick question", "help pls", "homework help", "word problem", "can someone check this",
+          "stuck on this one", "easy one?", "math question"]
 RELATED = ["How to add fractions?", "Homework help thread #42", "Is 0 even?", "Mental math tricks",
            "Word problems are hard", "Need help with percentages"]
 
@@ -69,16 +72,22 @@ def forum_page(title: str, posts: list[tuple[str, str, str]], rng: random.Random
             f'<a href="/terms">Terms</a></footer>\n</body></html>\n')
 
 
-def post_page(text: str, rng: random.Random) -> str:
-    """A tiny-recipe web post (``[thread] question\\n> user: reply``) as a forum page."""
+def post_page(text: str, rng: random.Random, thread: str | None = None) -> str:
+    """A tiny-recipe web post (``[thread] question\n> user: reply``) as a forum page.
+
+    The thread's title, asker and dates are a function of the post, so a re-crawl of
+    the same thread (a ``duplicate`` page) differs only in the page's boilerplate, and
+    an edited repost (``thread`` = the original post) keeps the thread's metadata.
+    """
     first, _, rest = text.partition("\n")
     question = first.removeprefix("[thread] ").strip()
     user, _, reply = rest.removeprefix("> ").partition(": ")
-    asker = rng.choice(["newbie", "student22", "confused", "mathlearner", "kid_genius"])
-    posts = [(asker, _date(rng), question)]
+    own = random.Random(zlib.crc32((thread or text).encode()))
+    asker = own.choice(["newbie", "student22", "confused", "mathlearner", "kid_genius"])
+    posts = [(asker, _date(own), question)]
     if reply:
-        posts.append((user or "anon", _date(rng), reply))
-    return forum_page(question[:60], posts, rng)
+        posts.append((user or "anon", _date(own), reply))
+    return forum_page(own.choice(TITLES), posts, rng)
 
 
 def _date(rng: random.Random) -> str:
@@ -112,7 +121,7 @@ def _near_duplicate(rows: list[dict], rng: random.Random, i: int) -> dict:
     text = rng.choice(rows)["text"]
     first, _, rest = text.partition("\n")
     edited = f"{first} {rng.choice(['pls help', 'thanks in advance', 'urgent'])}\n{rest}"
-    return {"id": f"near-{i:05d}", "text": post_page(edited, rng), "plant": "near_duplicate"}
+    return {"id": f"near-{i:05d}", "text": post_page(edited, rng, thread=text), "plant": "near_duplicate"}
 
 
 def _foreign(rows: list[dict], rng: random.Random, i: int) -> dict:

@@ -128,7 +128,7 @@ class CurateSection(Section):
     sources: list[str] = Field(default_factory=lambda: ["web"], min_length=1)
     steps: list[Literal["html", "langid", "language_quota", "corruption", "dedup", "decontam", "quality",
                         "amplifier"]] = \
-        Field(default_factory=lambda: ["html", "langid", "corruption", "dedup", "decontam", "quality"])
+        Field(default_factory=lambda: ["html", "corruption", "langid", "dedup", "decontam", "quality"])
     html: dict[str, Any] = Field(default_factory=dict)
     langid: dict[str, Any] = Field(default_factory=dict, description="e.g. languages = ['en'] (default: keep all, tag)")
     language_quota: dict[str, Any] = Field(default_factory=dict)
@@ -149,6 +149,7 @@ class CurateSection(Section):
     annotate_docs: int = Field(300, ge=10, description="documents the annotator labels to train the classifier")
     annotator: str = Field("teacher", pattern=IDENT, description="[models] role that labels documents")
     max_epochs: float = Field(10.0, gt=0, description="warn when the pretraining mixture repeats a source more")
+    workers: int = Field(2, ge=1, description="processes for the per-document steps (dedup runs as one task)")
 
     @model_validator(mode="after")
     def _step_tables(self):

@@ -62,10 +62,10 @@ def _plants_table(plants: dict) -> str:
 
 
 def _decontam_hits(view: RunView, name: str) -> str:
-    folder = view.path(f"curate/{name}/filtered/dropped")
-    if not folder.is_dir():
+    folders = sorted(view.path(f"curate/{name}").glob("*/dropped"))
+    if not folders:
         return ""
-    hits = [(r, reason) for r, reason, step in read_dropped(folder) if step == "decontaminate"]
+    hits = [(r, reason) for folder in folders for r, reason, step in read_dropped(folder) if step == "decontaminate"]
     if not hits:
         return "<h4>Decontamination hits</h4>\n" + note("no document matched a benchmark item.")
     rows = []
