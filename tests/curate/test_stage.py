@@ -18,7 +18,7 @@ CURATE = ["curate.enabled=true", "data.tinymath.web_html=true", "curate.annotate
 def test_curate_stage_catches_planted_pages(fast_overrides):
     recipe = load_recipe(ROOT / "recipes" / "tiny.toml", fast_overrides + CURATE)
     logs = []
-    for stage in ("data", "curate", "tokenizer"):
+    for stage in ("data", "curate", "tokenizer", "pretrain"):
         run_dir = pipeline.run_pipeline(recipe, log=logs.append, only=stage)
     stats = json.loads((run_dir / "curate" / "stats.json").read_text())
     web = stats["sources"]["web"]
@@ -41,5 +41,7 @@ def test_curate_stage_catches_planted_pages(fast_overrides):
     # the tokenizer encoded the curated web source, not the data stage's
     tok_stats = json.loads((run_dir / "tokenizer" / "stats.json").read_text())
     assert tok_stats["sources"]["train/web"]["docs"] == len(curated)
+    # pretraining reads the manifest and redoes it with exact token counts
+    assert any("curate's estimate -> exact: textbook" in line for line in logs)
     html = build_report(run_dir).read_text()
     assert "Curation (organic data)" in html and "Planted pages" in html and "Decontamination hits" in html

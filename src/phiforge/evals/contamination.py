@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from phiforge.curate.decontam import VERDICTS, DecontamConfig, DecontamIndex, ItemHit, ReferenceIndex, severity
+from phiforge.curate.decontam import VERDICTS, DecontamConfig, DecontamIndex, ItemHit, severity
+from phiforge.curate.decontam_fast import HashedIndex
 from phiforge.data.records import read_jsonl_lines, write_jsonl
 from phiforge.errors import DataError
 
@@ -45,7 +46,7 @@ def split_label(verdict: str) -> str:
 
 
 def flag_items(task_name: str, items: Sequence[Mapping], texts: Sequence[str], corpus_docs: Iterable[str],
-               config: DecontamConfig | None = None, index_cls: type[DecontamIndex] = ReferenceIndex,
+               config: DecontamConfig | None = None, index_cls: type[DecontamIndex] = HashedIndex,
                progress: Callable[[int], None] | None = None) -> dict[str, Flag]:
     """Each item's worst verdict over ``corpus_docs`` (streamed once), keyed by item id.
 
@@ -57,7 +58,7 @@ def flag_items(task_name: str, items: Sequence[Mapping], texts: Sequence[str], c
 
 
 def flag_tasks(tasks: Mapping[str, tuple[Sequence[Mapping], Sequence[str]]], corpus_docs: Iterable[str],
-               config: DecontamConfig | None = None, index_cls: type[DecontamIndex] = ReferenceIndex,
+               config: DecontamConfig | None = None, index_cls: type[DecontamIndex] = HashedIndex,
                progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Flag]]:
     """:func:`flag_items` for several tasks in one pass over the corpus.
 

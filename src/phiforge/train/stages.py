@@ -49,6 +49,28 @@ def write_mixture(path: Path, sampler: MixtureSampler, spec: TrainSpec) -> str:
     return format_mixture_table(rows, title=f"mixture ({total_seqs * spec.seq_len:,} tokens)")
 
 
+def _check_manifest(ctx: StageContext, sampler: MixtureSampler, spec: TrainSpec) -> None:
+    """Read the curate stage's mixture manifest (estimated before tokenisation) and redo it exactly.
+
+    Curation changes how many unique tokens a source has; a source the mixture would
+    repeat more than ``curate.max_epochs`` times gets a warning here, with exact counts
+    (report §3.2, Table 5: epochs = fraction x total tokens / unique tokens).
+    """
+    if not (ctx.recipe.curate.enabled and ctx.has_output("curate")):
+        return
+    from phiforge.curate.mixture import build_manifest, read_manifest
+
+    planned = read_manifest(ctx.input_dir("curate") / "mixture.json")
+    total = spec.max_steps * spec.micro_batch_size * spec.grad_accum * sampler.world_size * spec.seq_len
+    exact = build_manifest(sampler.weights, {n: s.n_tokens for n, s in sampler.sources.items()}, total,
+                           max_epochs=ctx.recipe.curate.max_epochs)
+    before = {r["source"]: r["epochs"] for r in planned.rows}
+    ctx.log("epochs per source, curate's estimate -> exact: " + ", ".join(
+        f"{r['source']} {before.get(r['source'], float('nan')):.2f} -> {r['epochs']:.2f}" for r in exact.rows))
+    for warning in exact.warnings:
+        ctx.log(f"WARNING: {warning}")
+
+
 def run_pretrain(ctx: StageContext) -> dict:
     r, device = ctx.recipe, ctx.device
     tok_dir = ctx.input_dir("tokenizer")
@@ -59,6 +81,7 @@ def run_pretrain(ctx: StageContext) -> dict:
     spec = train_spec(r.pretrain, r.pretrain.lr, device)
     sampler = MixtureSampler(train, r.pretrain.mixture, spec.seq_len, seed=r.run.seed, where="pretrain.mixture")
     ctx.log(write_mixture(ctx.stage_dir / "mixture.json", sampler, spec))
+    _check_manifest(ctx, sampler, spec)
     model = _new_model(ctx, tok).to(device)
     return _train_and_export(ctx, model, tok, spec, sampler, eval_sets(valid, spec.seq_len,
                              r.pretrain.valid_sequences, r.run.seed))
