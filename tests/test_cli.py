@@ -54,7 +54,9 @@ def test_missing_data_file_is_reported(tmp_path):
     recipe.write_text('[data]\ngenerator = "none"\n[[data.sources]]\nname = "web"\npaths = ["missing.jsonl"]\n'
                       '[pretrain]\nmixture = { web = 1.0 }\n[midtrain]\nenabled = false\n')
     out = _cli("run", str(recipe), "--dry-run", f"run.out_dir={tmp_path}")
-    assert out.returncode == 2 and "missing.jsonl" in out.stderr
+    assert out.returncode == 0 and "not on this machine: missing.jsonl" in out.stdout  # the plan still prints
+    out = _cli("run", str(recipe), f"run.out_dir={tmp_path}")
+    assert out.returncode == 2 and "missing.jsonl" in out.stderr  # the real run stops at the data stage
 
 
 def test_models_command_lists_roles_and_checks_an_http_model(tmp_path):

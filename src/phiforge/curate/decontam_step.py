@@ -141,11 +141,6 @@ def _load_index(path: str, mtime_ns: int, size: int) -> HashedIndex:
     return HashedIndex.load(path)
 
 
-def _record_text(record: Record) -> str:
-    """The text a curation filter judges: ``text``, else the messages' contents joined by blank lines."""
-    if record.text is not None:
-        return record.text
-    return "\n\n".join(m["content"] for m in record.messages or ())
 
 
 def _record_batches(records: Iterator[Record], max_chars: int,
@@ -156,7 +151,7 @@ def _record_batches(records: Iterator[Record], max_chars: int,
     size = 0
     for record in records:
         batch.append(record)
-        texts.append(_record_text(record))
+        texts.append(record.content())
         size += len(texts[-1])
         if size >= max_chars or len(batch) >= max_records:
             yield batch, texts

@@ -254,6 +254,37 @@ class MidtrainSection(TrainSection):
     long_fraction: float = Field(0.3, gt=0, le=1, description="share of newly curated long data; the rest replays pretraining")
 
 
+class ResourcesSection(Section):
+    """The machines a run is planned for: the ``--dry-run`` resource plan (``phiforge.run.resources``).
+
+    Every GPU is a data-parallel rank (FSDP shards the model across the same ranks), so a
+    training step takes ``micro_batch_size x grad_accum x max(1, gpus)`` sequences.
+    """
+
+    gpus: int = Field(0, ge=0, description="GPUs in all (= data-parallel ranks); 0 = this machine, CPU")
+    gpu: Literal["h100-80g", "h200-141g", "a100-80g", "a100-40g", "l40s-48g"] = Field(
+        "h100-80g", description="GPU model: its memory and dense bf16 peak (phiforge.run.resources.GPU_SPECS)")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs per node; gpus must be a multiple when above it")
+    sharding: Literal["fsdp", "ddp", "none"] = Field(
+        "fsdp", description="fsdp: weights, grads and AdamW state sharded over all GPUs (ZeRO-3); ddp: "
+                            "replicated on each GPU; none: one GPU (or the CPU)")
+    activation_checkpointing: bool = Field(True, description="keep only each layer's input, recompute the "
+                                                             "rest in backward")
+    mfu: float = Field(0.4, gt=0, le=1, description="assumed model FLOPs utilisation for the GPU-days estimate")
+
+    @model_validator(mode="after")
+    def _layout(self):
+        if self.sharding == "none" and self.gpus > 1:
+            raise ValueError(f"sharding = 'none' runs on one device, but gpus = {self.gpus}; use 'fsdp' or 'ddp'")
+        if self.gpus > self.gpus_per_node and self.gpus % self.gpus_per_node:
+            raise ValueError(f"gpus = {self.gpus} is not a multiple of gpus_per_node = {self.gpus_per_node}")
+        return self
+
+    def data_parallel(self) -> int:
+        """Data-parallel ranks: every GPU (FSDP and DDP alike), or the one CPU process."""
+        return max(1, self.gpus)
+
+
 EVAL_MODELS = Literal["pretrain", "midtrain", "sft", "dpo", "dpo_judge"]
 
 
@@ -671,6 +702,7 @@ class Recipe(Section):
     dpo: DPOSection = DPOSection()
     judge: JudgeSection = JudgeSection()
     dpo_judge: DPOJudgeSection = DPOJudgeSection()
+    resources: ResourcesSection = ResourcesSection()
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -49,8 +49,17 @@ def data_section(recipe: Recipe, run_dir: Path, only, start) -> str:
     sizes = source_tokens(recipe, run_dir)
     lines = ["data:"]
     for name, (docs, tokens, exact) in sizes.items():
+        if tokens < 0:
+            lines.append(f"  {name:<12} not on this machine: {', '.join(_missing(recipe, name))} (the data stage "
+                         "will fail until these files exist; sizes below are unknown)")
+            continue
         lines.append(f"  {name:<12} {docs:>9,} docs {tokens:>13,} tokens{'' if exact else ' (est.)'}")
     return "\n".join(lines)
+
+
+def _missing(recipe: Recipe, name: str) -> list[str]:
+    src = next(s for s in recipe.data.sources if s.name == name)
+    return [p for p in src.paths if not Path(p).is_file()]
 
 
 def model_section(recipe: Recipe, run_dir: Path, only, start) -> str:
@@ -64,16 +73,24 @@ def model_section(recipe: Recipe, run_dir: Path, only, start) -> str:
 
 def budget_section(recipe: Recipe, run_dir: Path, only, start) -> str:
     sizes = {k: v[1] for k, v in source_tokens(recipe, run_dir).items()}
+    ranks = recipe.resources.data_parallel()
     parts = []
     for name in ("pretrain", "midtrain"):
         section = getattr(recipe, name)
         if not section.enabled:
             continue
         weights = recipe.pretrain.mixture if name == "pretrain" else _midtrain_weights(recipe)
-        rows = plan_mixture(weights, {k: max(1, sizes.get(k, 1)) for k in weights}, section.tokens())
-        parts.append(f"{name}: {section.max_steps:,} steps x {section.micro_batch_size} x {section.grad_accum} "
-                     f"(accum) x {section.seq_len} tokens = {section.tokens():,} tokens\n"
-                     + format_mixture_table(rows, title=f"{name} mixture"))
+        total = section.tokens() * ranks
+        head = (f"{name}: {section.max_steps:,} steps x {section.micro_batch_size} x {section.grad_accum} (accum)"
+                + (f" x {ranks} ranks" if ranks > 1 else "") + f" x {section.seq_len} tokens = {total:,} tokens")
+        if any(sizes.get(k, 0) < 0 for k in weights):
+            rows = "\n".join(f"  {k:<14} {w / sum(weights.values()):>8.1%}  {int(total * w / sum(weights.values())):>15,} "
+                             "planned tokens (unique tokens unknown: data not on this machine)"
+                             for k, w in sorted(weights.items()))
+            parts.append(f"{head}\n{name} mixture\n{rows}")
+            continue
+        rows = plan_mixture(weights, {k: max(1, sizes.get(k, 1)) for k in weights}, total)
+        parts.append(head + "\n" + format_mixture_table(rows, title=f"{name} mixture"))
     return "\n".join(parts)
 
 
@@ -95,7 +112,7 @@ def source_tokens(recipe: Recipe, run_dir: Path) -> dict[str, tuple[int, int, bo
     if stats and rundir.read_marker(run_dir / "tokenizer"):
         return {k.split("/", 1)[1]: (v["docs"], v["tokens"], True)
                 for k, v in stats["sources"].items() if k.startswith("train/")}
-    return {name: (docs, int(chars / CHARS_PER_TOKEN_GUESS), False)
+    return {name: (docs, int(chars / CHARS_PER_TOKEN_GUESS) if chars >= 0 else -1, False)
             for name, (docs, chars) in source_chars(recipe).items()}
 
 
@@ -110,12 +127,10 @@ def source_chars(recipe: Recipe) -> dict[str, tuple[int, int]]:
             rows = splits[f"train/{name}"]
             out[name] = (len(rows), sum(len(r["text"]) for r in rows))
     for src in recipe.data.sources:
-        size = sum(Path(p).stat().st_size for p in src.paths if Path(p).is_file())
-        missing = [p for p in src.paths if not Path(p).is_file()]
-        if missing:
-            from phiforge.errors import DataError
-            raise DataError(f"data.sources '{src.name}': file(s) not found: {missing}")
-        out[src.name] = (-1, size)
+        if any(not Path(p).is_file() for p in src.paths):
+            out[src.name] = (-1, -1)  # not on this machine: the dry-run says so, the data stage fails
+            continue
+        out[src.name] = (-1, sum(Path(p).stat().st_size for p in src.paths))
     return out
 
 
@@ -218,5 +233,12 @@ def eval_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
     return "\n".join(lines)
 
 
+def resources_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
+    """Memory per GPU, FLOPs per token and GPU-days for ``[resources]`` (``phiforge.run.resources``)."""
+    from phiforge.run import resources
+
+    return resources.format_plan(resources.plan(recipe, vocab=vocab_size(recipe, run_dir)))
+
+
 PLAN_SECTIONS: list[Callable] = [stages_section, data_section, synth_section, model_section, budget_section,
-                                 posttrain_section, eval_section, models_section]
+                                 posttrain_section, eval_section, models_section, resources_section]
