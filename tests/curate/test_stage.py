@@ -41,6 +41,9 @@ def test_curate_stage_catches_planted_pages(fast_overrides):
     # the tokenizer encoded the curated web source, not the data stage's
     tok_stats = json.loads((run_dir / "tokenizer" / "stats.json").read_text())
     assert tok_stats["sources"]["train/web"]["docs"] == len(curated)
+    # held-out pages are extracted the same way, and the tokenizer encodes them for validation loss
+    valid = (run_dir / "curate" / "valid" / "web.jsonl").read_text().splitlines()
+    assert len(valid) == tok_stats["sources"]["valid/web"]["docs"] and "<div" not in valid[0]
     # pretraining reads the manifest and redoes it with exact token counts
     assert any("curate's estimate -> exact: textbook" in line for line in logs)
     html = build_report(run_dir).read_text()

@@ -56,11 +56,11 @@ def run_curate(ctx: StageContext) -> dict:
     return stats
 
 
-def curated_files(ctx: StageContext) -> dict[str, Path]:
-    """``{source: curated train file}`` when the curate stage ran (the tokenizer and eval use these)."""
+def curated_files(ctx: StageContext, split: str = TRAIN_DIR) -> dict[str, Path]:
+    """``{source: curated file}`` of a split when the curate stage ran (the tokenizer and eval use these)."""
     if not ctx.recipe.curate.enabled or not ctx.has_output("curate"):
         return {}
-    folder = ctx.input_dir("curate") / TRAIN_DIR
+    folder = ctx.input_dir("curate") / split
     return {p.stem: p for p in sorted(folder.glob("*.jsonl"))}
 
 
@@ -93,8 +93,25 @@ def curate_source(ctx: StageContext, name: str, index: Path | None) -> dict:
         out = folder / "out"
     kept = _write_curated(out, ctx.stage_dir / TRAIN_DIR / f"{name}.jsonl")
     ctx.log(f"{name}: kept {kept:,} of {n_in:,} documents")
+    _extract_valid(ctx, name, folder)
     return {"input_docs": n_in, "kept_docs": kept, "html": is_html, "steps": _step_stats(runs),
             "plants": _plant_table(folder, out), "quality": quality}
+
+
+def _extract_valid(ctx: StageContext, name: str, folder: Path) -> None:
+    """Held-out pages (``data/raw/valid/<name>.jsonl``) through the same HTML extraction, nothing else.
+
+    Validation loss must be measured on text shaped like the training text; the
+    filters are not applied, so the held-out set stays the same across filter settings.
+    """
+    raw = ctx.input_dir("data") / "raw" / "valid" / f"{name}.jsonl"
+    if not raw.is_file() or "html" not in ctx.recipe.curate.steps:
+        return
+    _write_inputs(raw, folder / "valid-inputs", shards=1)
+    LocalExecutor([_build(ctx.recipe.curate, "html", None)], input=str(folder / "valid-inputs"),
+                  output_dir=str(folder / "valid"), workers=1, progress=False).run()
+    n = _write_curated(folder / "valid", ctx.stage_dir / "valid" / f"{name}.jsonl")
+    ctx.log(f"{name}: {n:,} held-out pages extracted for validation loss")
 
 
 def segments(steps: list[str]) -> list[list[str]]:
@@ -162,7 +179,7 @@ def _step_stats(runs: list[dict]) -> list[dict]:
 def _plant_table(folder: Path, final: Path) -> dict:
     """``{plant kind: {"kept": n, "<step>/<reason>": n}}`` over the planted pages (tiny recipe)."""
     table: dict[str, Counter] = {}
-    for dropped in sorted(folder.glob("*/dropped")):
+    for dropped in sorted(d for d in folder.glob("*/dropped") if d.parent.name != "valid"):
         for record, reason, step in read_dropped(dropped):
             table.setdefault(record.metadata.get("plant", "unknown"), Counter())[f"{step}/{reason}"] += 1
     for record in read_records(final):

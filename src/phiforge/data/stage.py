@@ -64,6 +64,10 @@ def _write_web_pages(ctx: StageContext, out: Path, splits: dict, stats: dict) ->
     plants = {k: (int(v) if k == "leaked" else v) for k, v in t.web_plants.items()}
     pages = web_pages(splits["train/web"], splits["eval"], ctx.recipe.run.seed, WebPlants(**plants))
     write_jsonl(out / "raw" / "web.jsonl", pages)
+    if splits.get("valid/web"):  # held-out posts as pages too, so validation text looks like curated training text
+        none = WebPlants(**{k: 0 for k in WebPlants.__dataclass_fields__})
+        valid = web_pages(splits["valid/web"], [], ctx.recipe.run.seed + 1, none)
+        write_jsonl(out / "raw" / "valid" / "web.jsonl", valid)
     counts: dict[str, int] = {}
     for page in pages:
         counts[page["plant"]] = counts.get(page["plant"], 0) + 1

@@ -51,12 +51,10 @@ def _make_tokenizer(ctx: StageContext, data_dir: Path):
 
 def _source_files(ctx: StageContext, data_dir: Path, split: str) -> list[Path]:
     """The data stage's sources, plus the synth stage's new ones (train split only) when it ran."""
-    files = sorted((data_dir / split).glob("*.jsonl"))
-    if split == "train":
-        from phiforge.curate.stage import curated_files
+    from phiforge.curate.stage import curated_files
 
-        curated = curated_files(ctx)  # curated sources replace the data stage's versions
-        files = [curated.get(p.stem, p) for p in files]
+    curated = curated_files(ctx, split)  # curated sources replace the data stage's versions
+    files = [curated.get(p.stem, p) for p in sorted((data_dir / split).glob("*.jsonl"))]
     if split == "train" and ctx.recipe.synth.enabled and ctx.has_output("synth"):
         from phiforge.synth.stage import load_synth_sources
 
