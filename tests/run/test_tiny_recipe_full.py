@@ -37,3 +37,12 @@ def test_full_tiny_recipe_beats_trivial_baselines(tmp_path):
     assert json.loads((run_dir / "dpo" / "stats.json").read_text())["pairs"]["train"] >= 20
     html = (run_dir / "report.html").read_text()
     assert "Post-training: accuracy by stage" in html and "Pivotal Token Search" in html
+    # Curation (issue 7): every planted leak of an eval problem, foreign thread and junk page is caught.
+    web = json.loads((run_dir / "curate" / "stats.json").read_text())["sources"]["web"]
+    assert web["plants"]["leaked"] == {"decontaminate/contaminated_13gram": 12}
+    assert "kept" not in web["plants"]["foreign"] and "kept" not in web["plants"]["junk"]
+    # Registry benchmarks (issue 6) on every checkpoint, with the clean/contaminated split.
+    assert set(ev["tasks"]) == {"pretrain", "midtrain", "sft", "dpo", "dpo_judge"}
+    assert ev["tasks"]["sft"]["tinymath_t05"]["score"] >= 0.5
+    assert ev["tasks"]["sft"]["tinymath_t05"]["by_contamination"]["clean"]["n_items"] > 0
+    assert "Benchmarks (Table 1 layout)" in html and "Curation (organic data)" in html
