@@ -214,23 +214,22 @@ def _msubsup(el, depth: int) -> str:
 
 
 def _mover(el, depth: int) -> str:
-    base, over = _args(el, depth, 2)
-    raw = _token_text(_children(el)[1]) if len(_children(el)) > 1 else ""
-    if raw in ACCENTS_OVER:
-        return ACCENTS_OVER[raw] + "{" + base + "}"
-    if base.strip() in LARGE_OPS:
-        return base + "^" + _script(over)
-    return r"\overset{" + over + "}{" + base + "}"
+    return _decorated(el, depth, ACCENTS_OVER, "^", r"\overset")
 
 
 def _munder(el, depth: int) -> str:
-    base, under = _args(el, depth, 2)
+    return _decorated(el, depth, ACCENTS_UNDER, "_", r"\underset")
+
+
+def _decorated(el, depth: int, accents: dict, script: str, stacked: str) -> str:
+    """``<mover>``/``<munder>``: an accent command, a limit on a large operator, or a stacked symbol."""
+    base, mark = _args(el, depth, 2)
     raw = _token_text(_children(el)[1]) if len(_children(el)) > 1 else ""
-    if raw in ACCENTS_UNDER:
-        return ACCENTS_UNDER[raw] + "{" + base + "}"
+    if raw in accents:
+        return accents[raw] + "{" + base + "}"
     if base.strip() in LARGE_OPS:
-        return base + "_" + _script(under)
-    return r"\underset{" + under + "}{" + base + "}"
+        return base + script + _script(mark)
+    return stacked + "{" + mark + "}{" + base + "}"
 
 
 def _munderover(el, depth: int) -> str:
