@@ -429,6 +429,7 @@ class PairSampler:
             if self.index % self.world_size == self.rank:
                 out.append(self._pair_at(self.index))
             self.index += 1
+        self.index += -self.index % self.world_size  # finish the round: the state is the global position
         return out
 
     def next_batch(self, batch_size: int) -> DPOBatch:

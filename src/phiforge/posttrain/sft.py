@@ -342,6 +342,8 @@ class SFTSampler:
             row = self._advance()
             if row is not None:
                 rows.append([self.examples[i] for i in row])
+        while self.index % self.world_size:  # finish the round: the state is the global position
+            self._advance()
         return collate(rows, self.pad_id, self.packing)
 
     def state_dict(self) -> dict:
@@ -350,7 +352,7 @@ class SFTSampler:
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        for key in ("fingerprint", "packing", "seed", "world_size"):
+        for key in ("fingerprint", "packing", "seed"):  # the world size may change: the position is global
             if state.get(key) != mine[key]:
                 raise ConfigError(f"SFT checkpoint {key} {state.get(key)!r} differs from this run's {mine[key]!r}: "
                                   "the training data or settings changed; restore them or use a new out_dir")

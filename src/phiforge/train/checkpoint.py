@@ -1,7 +1,8 @@
 """Training checkpoints with exact resume, and Hugging Face model export.
 
 A training checkpoint is a folder ``checkpoints/step_000123/`` with the model
-weights (safetensors), the optimizer state, and ``state.json`` (step, sampler
+weights and optimizer state as a ``torch.distributed.checkpoint`` folder (``dcp/``,
+sharded by rank, loadable at any world size) and ``state.json`` (step, sampler
 position, metrics so far). It is written under a temporary name and renamed into
 place, so a crash mid-write never leaves a folder a resume would trust.
 The exported model (``model/``) is a plain Hugging Face folder that
@@ -10,34 +11,52 @@ The exported model (``model/``) is a plain Hugging Face folder that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 
 from phiforge.errors import CheckpointError
+from phiforge.train.distributed import barrier, current_env, full_state_dict, sharding_of
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
+DCP_DIR = "dcp"  # model + optimizer shards (torch.distributed.checkpoint)
+LEGACY_WEIGHTS = "model.safetensors"  # checkpoints of earlier phiforge versions
 
 
 def save_training_checkpoint(directory: Path, step: int, model, optimizer, state: dict, keep: int) -> Path:
-    """Atomically write checkpoint ``step`` and prune all but the newest ``keep``."""
-    from safetensors.torch import save_file
+    """Atomically write checkpoint ``step`` (every rank takes part) and prune all but the newest ``keep``.
 
-    directory.mkdir(parents=True, exist_ok=True)
+    Weights and optimizer state go through ``torch.distributed.checkpoint`` (DCP):
+    each rank writes its shards, keyed by parameter name, so any world size can load
+    them. Rank 0 writes ``state.json`` and renames the folder into place last.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    main = current_env().is_main
     final = directory / f"step_{step:06d}"
-    tmp = directory / f".step_{step:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _prune(directory, keep)
+    tmp = directory / f".step_{step:06d}.tmp"  # one name for all ranks: they write into it together
+    if main:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _single_process_ok():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))
+    barrier()
+    if main:
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _prune(directory, keep)
+    barrier()
     return final
 
 
@@ -56,21 +75,71 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def load_training_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore model and optimizer in place; return the saved trainer state."""
-    from safetensors.torch import load_file
-
+    """Restore model and optimizer in place, whatever world size wrote them; return the trainer state."""
     try:
-        weights = load_file(path / "model.safetensors")
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        if (path / LEGACY_WEIGHTS).is_file():
+            _load_legacy(path, model, optimizer)
+        else:
+            _load_dcp(path, model, optimizer)
         return json.loads((path / "state.json").read_text())
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e}); delete it to restart "
                               "the stage from the previous checkpoint") from e
 
 
+def _load_dcp(path: Path, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+@contextlib.contextmanager
+def _single_process_ok():
+    """DCP warns that it assumes one process when no process group exists: that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
+        yield
+
+
+def _load_legacy(path: Path, model, optimizer) -> None:
+    """Checkpoints written before DCP (one process): safetensors weights + ``optimizer.pt``."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path / LEGACY_WEIGHTS))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
 def export_hf_model(model, tokenizer, path: Path) -> Path:
-    """Save a Hugging Face model folder (safetensors + config + tokenizer + chat template) atomically."""
+    """Save a Hugging Face model folder (safetensors + config + tokenizer + chat template) atomically.
+
+    Every rank calls it: a sharded (FSDP) model is gathered to rank 0, which alone writes.
+    """
+    if sharding_of(model) == "fsdp":
+        weights = full_state_dict(model)
+        model = _plain_model(model.config, weights) if weights is not None else None
+    if current_env().is_main:
+        _save_hf_folder(model, tokenizer, path)
+    barrier()
+    return path
+
+
+def _plain_model(config, weights: dict):
+    """An unsharded copy of the model for ``save_pretrained``, built on ``meta`` (no second init)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(weights, strict=False, assign=True)
+    plain.tie_weights()
+    return plain
+
+
+def _save_hf_folder(model, tokenizer, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

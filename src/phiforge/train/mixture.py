@@ -11,7 +11,9 @@ of (seed, step), and resuming a matter of restoring a few counters.
 
 For data parallelism, rank ``r`` of ``world_size`` takes global sequences
 ``i ≡ r (mod world_size)``: every rank advances the same schedule, and no sequence
-is seen by two ranks.
+is seen by two ranks. After each batch every rank skips to the end of the round
+(the next multiple of ``world_size``), so all ranks hold the same global position
+and a checkpoint resumes on any number of ranks without repeating a sequence.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class MixtureSampler:
             chunk = self._advance()
             if chunk is not None:
                 rows.append(chunk)
+        while self.index % self.world_size:  # finish the round: every rank's state is the global position
+            self._advance()
         return torch.from_numpy(np.stack(rows).astype(np.int64))
 
     def state_dict(self) -> dict:

@@ -11,7 +11,15 @@ objective returns a loss, or ``(loss, metrics)`` whose metrics are logged with i
 Optimiser: AdamW with weight decay 0.1 on matrices (not on norm gains) and linear
 warm-up then linear decay (Phi-4 report §3). On CPUs we train in fp32 (bf16
 autocast measured ~30x slower on 2-core CPUs); on GPUs with bf16 support we
-autocast to bf16.
+autocast to bf16 (or, under FSDP, let its mixed-precision policy cast).
+
+Data parallelism (``phiforge.train.distributed``): under torchrun every rank runs
+this same loop on its own share of the sampler's stream; the model is sharded
+(FSDP2) or replicated, gradients are averaged over ranks, and the logged loss,
+tokens and metrics are reduced over ranks once per step, so one optimizer step
+sees ``micro_batch_size x grad_accum x world_size`` sequences and logs the same
+numbers as one process with that batch. Rank 0 alone writes metrics and logs;
+checkpoints are written by all ranks together.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from phiforge.errors import ConfigError
 from phiforge.train import checkpoint as ckpt
+from phiforge.train import distributed as dist
 from phiforge.train.schedule import linear_warmup_linear_decay
 
 
@@ -77,11 +87,15 @@ class Trainer:
     def __init__(self, model, spec: TrainSpec, sampler, out_dir: Path,
                  eval_sets: dict[str, torch.Tensor] | None = None, device: str = "cpu",
                  objective: Callable = causal_lm_loss, log: Callable[[str], None] = print,
-                 stop_after: int | None = None):
-        self.model, self.spec, self.sampler = model, spec, sampler
-        self.out_dir, self.device, self.objective, self.log = Path(out_dir), device, objective, log
+                 stop_after: int | None = None, parallel: dist.ParallelConfig | None = None):
+        self.env = dist.current_env()
+        _check_sampler_ranks(sampler, self.env)
+        self.model = dist.parallelize(model, parallel or dist.ParallelConfig(), spec.precision, device)
+        self.spec, self.sampler = spec, sampler
+        self.out_dir, self.device, self.objective = Path(out_dir), device, objective
+        self.log = log if self.env.is_main else _silent
         self.eval_sets = eval_sets or {}
-        self.optimizer = build_optimizer(model, spec)
+        self.optimizer = build_optimizer(self.model, spec)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.stop_after = stop_after  # for tests: simulate a crash after this many steps
@@ -98,47 +112,61 @@ class Trainer:
         interrupted = _InterruptFlag()
         with interrupted:
             while self.step < self.spec.max_steps:
-                self._one_step()
+                stop = self._one_step(interrupted.flag)
                 if self._should(self.spec.eval_every) or self.step == self.spec.max_steps:
                     self._evaluate()
-                if self._should(self.spec.checkpoint_every) or interrupted.flag:
+                if self._should(self.spec.checkpoint_every) or stop:
                     self._save()
-                if interrupted.flag:
+                if stop:
                     raise KeyboardInterrupt(f"interrupted at step {self.step}; rerun to resume")
                 if self.stop_after is not None and self.step >= self.stop_after:
                     return self._summary()
         return self._summary()
 
     # -- steps ------------------------------------------------------------
-    def _one_step(self) -> None:
+    def _one_step(self, interrupted: bool) -> bool:
+        """One optimizer step; returns whether any rank was asked to stop (all ranks then stop together)."""
         t0 = time.perf_counter()
         lr = linear_warmup_linear_decay(self.step, self.spec.lr, self.spec.warmup_steps,
                                         self.spec.max_steps, self.spec.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        loss_sum, extras, tokens = self._accumulate()
+        dist.all_reduce_gradients(self.model)
+        grad_norm = dist.clip_grad_norm(self.model, self.spec.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        names = sorted(extras)
+        reduced = dist.all_reduce_sum([loss_sum, tokens, float(interrupted), *(extras[k] for k in names)],
+                                      self.device)
+        world = self.env.world_size
+        loss_sum, tokens, stop = reduced[0] / world, int(reduced[1]), reduced[2] > 0
+        extras = {k: v / world for k, v in zip(names, reduced[3:])}
+        dt = time.perf_counter() - t0
+        self.elapsed += dt
+        self.tokens_seen += tokens
+        self._record({"kind": "train", "step": self.step, "loss": loss_sum / self.spec.grad_accum, "lr": lr,
+                      "grad_norm": grad_norm, "tokens": self.tokens_seen,
+                      "tokens_per_s": tokens / dt, "elapsed_s": round(self.elapsed, 3), **extras})
+        return stop
+
+    def _accumulate(self) -> tuple[float, dict, int]:
+        """Forward/backward over ``grad_accum`` micro-batches: summed loss, mean metrics, tokens."""
         loss_sum, extras, tokens = 0.0, {}, 0
-        for _ in range(self.spec.grad_accum):
+        for i in range(self.spec.grad_accum):
             batch = self.sampler.next_batch(self.spec.micro_batch_size).to(self.device)
-            loss, metrics = _split(self.objective(self.model, batch, self._autocast))
-            (loss / self.spec.grad_accum).backward()
+            with dist.accumulating(self.model, sync=i == self.spec.grad_accum - 1):
+                loss, metrics = _split(self.objective(self.model, batch, self._autocast))
+                (loss / self.spec.grad_accum).backward()
             loss_sum += loss.item()
             tokens += batch_tokens(batch, self.spec)
             for k, v in metrics.items():
                 extras[k] = extras.get(k, 0.0) + float(v) / self.spec.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        dt = time.perf_counter() - t0
-        self.elapsed += dt
-        tokens *= self.sampler.world_size
-        self.tokens_seen += tokens
-        self._record({"kind": "train", "step": self.step, "loss": loss_sum / self.spec.grad_accum, "lr": lr,
-                      "grad_norm": float(grad_norm), "tokens": self.tokens_seen,
-                      "tokens_per_s": tokens / dt, "elapsed_s": round(self.elapsed, 3), **extras})
+        return loss_sum, extras, tokens
 
     def _autocast(self):
-        if self.spec.precision == "bf16":
+        if self.spec.precision == "bf16" and not dist.handles_precision(self.model):
             return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
         return _nullcontext()
 
@@ -163,6 +191,8 @@ class Trainer:
 
     # -- logging ----------------------------------------------------------
     def _record(self, row: dict) -> None:
+        if not self.env.is_main:
+            return
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if row["kind"] == "eval":
@@ -184,14 +214,20 @@ class Trainer:
 
     def _maybe_resume(self) -> None:
         found = ckpt.list_checkpoints(self.ckpt_dir)
+        dist.barrier()  # nobody may prune or add a checkpoint before every rank has listed them
         if not found:
-            self.metrics_path.unlink(missing_ok=True)
+            if self.env.is_main:
+                self.metrics_path.unlink(missing_ok=True)
             return
         state = ckpt.load_training_checkpoint(found[-1], self.model, self.optimizer)
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], state["elapsed_s"]
-        _truncate_metrics(self.metrics_path, self.step)
-        self.log(f"resumed from {found[-1]} (step {self.step}/{self.spec.max_steps})")
+        if self.env.is_main:
+            _truncate_metrics(self.metrics_path, self.step)
+        saved_world = state["sampler"].get("world_size", 1)
+        where = f" (written by {saved_world} ranks, resumed on {self.env.world_size})" \
+            if saved_world != self.env.world_size else ""
+        self.log(f"resumed from {found[-1]} (step {self.step}/{self.spec.max_steps}){where}")
 
     def _summary(self) -> dict:
         rows = read_metrics(self.metrics_path)
@@ -201,6 +237,19 @@ class Trainer:
                 "tokens_per_s": self.tokens_seen / self.elapsed if self.elapsed else math.nan,
                 "final_loss": train[-1]["loss"] if train else None,
                 "final_val_loss": evals[-1]["val_loss"] if evals else None}
+
+
+def _check_sampler_ranks(sampler, env: dist.DistEnv) -> None:
+    """Each rank must read its own share of the stream, or ranks would train on the same data."""
+    ranks = (getattr(sampler, "rank", 0), getattr(sampler, "world_size", 1))
+    if ranks != (env.rank, env.world_size):
+        raise ConfigError(f"the sampler reads as rank {ranks[0]} of {ranks[1]}, but this process is rank "
+                          f"{env.rank} of {env.world_size}: build samplers with rank/world_size from "
+                          "phiforge.train.distributed.current_env()")
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _split(out) -> tuple[torch.Tensor, dict]:
