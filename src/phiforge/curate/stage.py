@@ -275,7 +275,7 @@ def _mixture(ctx: StageContext) -> dict:
         if path.is_file():
             tokens[name] = int(sum(len(row["text"]) for row in read_jsonl(path)) / CHARS_PER_TOKEN_GUESS)
     manifest = build_manifest({k: v for k, v in r.pretrain.mixture.items() if k in tokens}, tokens,
-                              r.pretrain.tokens() * r.resources.data_parallel(), max_epochs=r.curate.max_epochs,
+                              r.pretrain.tokens(r.resources.data_parallel()), max_epochs=r.curate.max_epochs,
                               estimated=True)
     write_manifest(ctx.stage_dir / "mixture.json", manifest)
     for line in format_manifest(manifest, "pretraining mixture after curation").splitlines():

@@ -52,6 +52,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from phiforge.data.records import write_json
 from phiforge.errors import ConfigError, DataError
 from phiforge.posttrain.pairs import TokenPair, format_counts
+from phiforge.train.batching import grad_accum_for
+from phiforge.train.distributed import current_env, sharding_of
 from phiforge.train.trainer import Trainer, TrainSpec
 
 REFERENCE_CACHE = "reference_logps.json"
@@ -75,6 +77,8 @@ class DPOConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; None = derived from epochs")
     micro_batch_size: int = Field(4, ge=1, description="pairs per forward/backward")
     grad_accum: int = Field(8, ge=1, description="micro-batches per optimizer step")
+    global_batch: int | None = Field(None, ge=1, description="pairs per optimizer step over all ranks; set, "
+                                                        "grad_accum is derived from the number of ranks")
     warmup_steps: int | None = Field(None, ge=0, description="linear warm-up steps; None = 10% of the steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices; 0 as usual for DPO")
     grad_clip: float = Field(1.0, gt=0)
@@ -95,14 +99,15 @@ class DPOConfig(BaseModel):
         """``max_steps``, or enough steps for ``epochs`` passes over ``n_train_pairs``."""
         if self.max_steps is not None:
             return self.max_steps
-        per_step = self.micro_batch_size * self.grad_accum * world_size
+        per_step = self.micro_batch_size * grad_accum_for(self, world_size, "dpo") * world_size
         return max(1, math.ceil(self.epochs * n_train_pairs / per_step))
 
     def train_spec(self, n_train_pairs: int, device: str, world_size: int = 1) -> TrainSpec:
         """The ``Trainer``'s settings; ``seq_len`` is ``max_length`` (only used for bookkeeping here)."""
         steps = self.steps_for(n_train_pairs, world_size)
         warmup = self.warmup_steps if self.warmup_steps is not None else round(0.1 * steps)
-        return TrainSpec(max_steps=steps, micro_batch_size=self.micro_batch_size, grad_accum=self.grad_accum,
+        return TrainSpec(max_steps=steps, micro_batch_size=self.micro_batch_size,
+                         grad_accum=grad_accum_for(self, world_size, "dpo"),
                          seq_len=self.max_length, lr=self.lr, min_lr_ratio=self.min_lr_ratio,
                          warmup_steps=min(warmup, steps), weight_decay=self.weight_decay,
                          grad_clip=self.grad_clip, log_every=self.log_every, eval_every=self.eval_every,
@@ -534,7 +539,7 @@ def _ref_tensors(pairs: Sequence[TokenPair]) -> tuple[torch.Tensor, torch.Tensor
 def train_dpo(model, pairs: Sequence[TokenPair], config: DPOConfig, out_dir: str | Path, *,
               valid_pairs: Sequence[TokenPair] | None = None, device: str = "cpu",
               log: Callable[[str], None] = print, progress: Progress | None = None,
-              stop_after: int | None = None) -> dict:
+              stop_after: int | None = None, parallel=None) -> dict:
     """Run DPO on ``pairs`` from the starting policy ``model`` (trained in place); return a summary.
 
     Steps: drop over-long pairs, hold out ``valid_fraction`` (unless ``valid_pairs``
@@ -554,21 +559,23 @@ def train_dpo(model, pairs: Sequence[TokenPair], config: DPOConfig, out_dir: str
         counts.update({f"valid_{k}": v for k, v in valid_counts.items() if k != "kept"})
     log(f"DPO pairs: {format_counts(counts)}; train {len(train)}, held out {len(valid)} "
         f"({sum(p.single_token for p in train)} single-token)")
-    spec = config.train_spec(len(train), device)
+    env = current_env()
+    spec = config.train_spec(len(train), device, env.world_size)
     write_json(out_dir / "dpo_config.json", {"config": config.model_dump(), "train_spec": asdict(spec)})
     autocast, pad_id = autocast_for(spec.precision, device), _pad_id(model)
     model.to(device)
     with_ref, source = reference_logps(model, [*train, *valid], out_dir / REFERENCE_CACHE, config.ref_batch_size,
                                        device, autocast, log, progress, pad_id)
     train, valid = with_ref[:len(train)], with_ref[len(train):]
-    sampler = PairSampler(train, config.seed, pad_id)
+    sampler = PairSampler(train, config.seed, pad_id, rank=env.rank, world_size=env.world_size)
     trainer = Trainer(model, spec, sampler, out_dir, eval_sets={"pairs": PairEvalSet(valid, pad_id)} if valid else {},
                       device=device, objective=dpo_objective(config.beta, config.label_smoothing), log=log,
-                      stop_after=stop_after)
+                      stop_after=stop_after, parallel=parallel)
     torch.manual_seed(config.seed)
     summary = trainer.fit()
     return {**summary, "pairs": {**counts, "train": len(train), "valid": len(valid)},
             "epochs": sampler.epochs_so_far(), "reference": source, "precision": spec.precision,
+            "ranks": env.world_size, "sharding": sharding_of(trainer.model),
             **_valid_before_after(model, valid, config, spec, device, autocast, pad_id)}
 
 

@@ -50,6 +50,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from phiforge.data.records import write_json
 from phiforge.errors import ConfigError, DataError
 from phiforge.tokenize.chat import render_conversation, validate_messages
+from phiforge.train.batching import grad_accum_for
+from phiforge.train.distributed import current_env, sharding_of
 from phiforge.train.trainer import Trainer, TrainSpec
 
 Overlong = Literal["drop", "truncate"]
@@ -74,6 +76,8 @@ class SFTConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; None: derived from epochs")
     micro_batch_size: int = Field(8, ge=1, description="rows per forward pass (conversations, or packed rows)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    global_batch: int | None = Field(None, ge=1, description="rows per optimizer step over all ranks; set, "
+                                                        "grad_accum is derived from the number of ranks")
     max_length: int = Field(2048, ge=8, description="most tokens of one conversation (template included); "
                                                     "also the length of a packed row")
     packing: bool = Field(False, description="concatenate conversations into rows of max_length "
@@ -388,7 +392,8 @@ class SFTEvalSet:
 
 
 def train_sft(model, tokenizer, train_rows, config: SFTConfig, out_dir: str | Path, valid_rows=None, *,
-              device: str = "cpu", log: Callable[[str], None] = print, stop_after: int | None = None) -> dict:
+              device: str = "cpu", log: Callable[[str], None] = print, stop_after: int | None = None,
+              parallel=None) -> dict:
     """Encode, split, train with the shared ``Trainer`` (resuming from ``out_dir/checkpoints``).
 
     ``train_rows`` / ``valid_rows``: row dicts, or a path/folder/glob for
@@ -399,18 +404,21 @@ def train_sft(model, tokenizer, train_rows, config: SFTConfig, out_dir: str | Pa
     out_dir = Path(out_dir)
     train, valid, data = prepare_sft_data(tokenizer, train_rows, valid_rows, config)
     pad_id = pad_token_id(tokenizer)
-    sampler = SFTSampler(train, pad_id, packing=config.packing, max_length=config.max_length, seed=config.seed)
-    spec = sft_train_spec(config, sampler.rows_per_epoch(), device)
+    env = current_env()
+    sampler = SFTSampler(train, pad_id, packing=config.packing, max_length=config.max_length, seed=config.seed,
+                         rank=env.rank, world_size=env.world_size)
+    spec = sft_train_spec(config, sampler.rows_per_epoch(), device, env.world_size)
     write_json(out_dir / "sft.json", {"config": config.model_dump(), "data": data, "max_steps": spec.max_steps})
     log(f"sft: {len(train):,} train / {len(valid):,} valid examples, {data['train']['trained_tokens']:,} trained "
         f"of {data['train']['tokens']:,} tokens, dropped {data['train']['dropped'] or 'none'}; "
         f"{spec.max_steps} steps at peak LR {spec.lr:.2e}")
     evals = {"valid": SFTEvalSet(valid, pad_id)} if valid else None
     trainer = Trainer(model, spec, sampler, out_dir, eval_sets=evals, device=device, objective=masked_lm_loss,
-                      log=log, stop_after=stop_after)
+                      log=log, stop_after=stop_after, parallel=parallel)
     summary = trainer.fit()
     return {**summary, "epochs": round(sampler.epochs_so_far(), 4), "examples": len(train),
-            "valid_examples": len(valid), "data": data, "max_steps": spec.max_steps, "precision": spec.precision}
+            "valid_examples": len(valid), "data": data, "max_steps": spec.max_steps, "precision": spec.precision,
+            "ranks": env.world_size, "sharding": sharding_of(trainer.model)}
 
 
 def prepare_sft_data(tokenizer, train_rows, valid_rows, config: SFTConfig):
@@ -441,10 +449,11 @@ def sft_train_spec(config: SFTConfig, rows_per_epoch: int, device: str, world_si
     """The Trainer settings: steps from ``max_steps`` or ``epochs`` x rows / rows per step."""
     from phiforge.run.context import resolve_precision
 
-    per_step = config.micro_batch_size * config.grad_accum * world_size
+    accum = grad_accum_for(config, world_size, "sft")
+    per_step = config.micro_batch_size * accum * world_size
     steps = config.max_steps or max(1, math.ceil(config.epochs * rows_per_epoch / per_step))
     warmup = config.warmup_steps if config.warmup_steps is not None else round(0.03 * steps)
-    return TrainSpec(max_steps=steps, micro_batch_size=config.micro_batch_size, grad_accum=config.grad_accum,
+    return TrainSpec(max_steps=steps, micro_batch_size=config.micro_batch_size, grad_accum=accum,
                      seq_len=config.max_length, lr=config.lr, min_lr_ratio=config.min_lr_ratio,
                      warmup_steps=min(warmup, steps), weight_decay=config.weight_decay,
                      grad_clip=config.grad_clip, log_every=config.log_every, eval_every=config.eval_every,

@@ -47,6 +47,10 @@ class StageContext:
         return self._backends[role][0]
 
     def latest_pretrained(self) -> str:
+        """The base model post-training starts from: a stage, or the model folder of a post-training-only run."""
+        start = self.recipe.start_model()
+        if start:
+            return start
         return "midtrain" if self.recipe.midtrain.enabled else "pretrain"
 
     def has_backend(self, role: str) -> bool:
@@ -89,7 +93,24 @@ class StageContext:
 
     @property
     def device(self) -> str:
-        return resolve_device(self.recipe.run.device)
+        """The recipe's device; under torchrun with CUDA, this rank's GPU."""
+        from phiforge.train.distributed import rank_device
+
+        return rank_device(resolve_device(self.recipe.run.device))
+
+    @property
+    def dist(self):
+        """This process's rank and world size (``phiforge.train.distributed.DistEnv``)."""
+        from phiforge.train.distributed import current_env
+
+        return current_env()
+
+    @property
+    def parallel(self):
+        """How training stages use the ranks: ``[resources]`` sharding and activation checkpointing."""
+        from phiforge.train.distributed import ParallelConfig
+
+        return ParallelConfig.from_resources(self.recipe.resources)
 
 
 def resolve_device(choice: str) -> str:

@@ -32,6 +32,7 @@ class Stage:
     resumable: bool = False   # keep partial output (checkpoints) across restarts
     always: bool = False      # rerun every time (cheap, e.g. the report)
     description: str = ""
+    distributed: bool = False  # under torchrun every rank runs it (training); others run on rank 0 only
 
 
 def _lazy(module: str, fn: str) -> Callable[[StageContext], dict]:
@@ -54,24 +55,25 @@ STAGES: list[Stage] = [
     Stage("tokenizer", ("tokenizer",), ("data", "curate", "synth"), _lazy("phiforge.tokenize.stage", "run_tokenizer"),
           description="train (bpe) or build (phi4) the tokenizer and encode every source"),
     Stage("pretrain", ("model", "pretrain"), ("tokenizer",), _lazy("phiforge.train.stages", "run_pretrain"),
-          resumable=True, description="pretrain on the source mixture"),
+          resumable=True, distributed=True, description="pretrain on the source mixture"),
     Stage("midtrain", ("midtrain",), ("pretrain",), _lazy("phiforge.train.stages", "run_midtrain"),
-          resumable=True, description="long-context midtraining (RoPE base up, LR / 10, 30% long data)"),
+          resumable=True, distributed=True, description="long-context midtraining (RoPE base up, LR / 10, 30% long data)"),
     Stage("refusal", ("models", "refusal"), ("data", "tokenizer", "pretrain", "midtrain"),
           _lazy("phiforge.posttrain.stages", "run_refusal"), resumable=True,
           description="hallucination-refusal SFT rows and DPO pairs from trivia questions"),
     Stage("sft", ("sft",), ("data", "synth", "tokenizer", "pretrain", "midtrain", "refusal"),
-          _lazy("phiforge.posttrain.stages", "run_sft"), resumable=True,
+          _lazy("phiforge.posttrain.stages", "run_sft"), resumable=True, distributed=True,
           description="supervised fine-tuning on chat data (loss on assistant tokens)"),
     Stage("pts", ("models", "pts"), ("data", "sft"), _lazy("phiforge.posttrain.stages", "run_pts"),
           resumable=True, description="Pivotal Token Search on the SFT policy: single-token DPO pairs"),
     Stage("dpo", ("dpo",), ("sft", "pts", "refusal"), _lazy("phiforge.posttrain.stages", "run_dpo"), resumable=True,
+          distributed=True,
           description="DPO round 1 on the PTS pairs (exact token ids)"),
     Stage("judge", ("models", "judge"), ("data", "tokenizer", "sft", "dpo"),
           _lazy("phiforge.posttrain.stages", "run_judge"), resumable=True,
           description="judge-guided pairs: candidates from several models, labelled by the judge"),
     Stage("dpo_judge", ("dpo_judge",), ("sft", "dpo", "judge", "refusal"), _lazy("phiforge.posttrain.stages", "run_dpo_judge"),
-          resumable=True, description="DPO round 2 on the judge-guided pairs"),
+          resumable=True, distributed=True, description="DPO round 2 on the judge-guided pairs"),
     Stage("eval", ("eval",), ("pretrain", "midtrain", "sft", "dpo", "dpo_judge"),
           _lazy("phiforge.evals.stage", "run_eval"),
           description="exact-answer accuracy on held-out problems"),
@@ -91,7 +93,19 @@ def get_stage(name: str) -> Stage:
     raise StageError(f"unknown stage {name!r}; stages are {stage_names()}")
 
 
+# Stages that only make a base model; a run that starts post-training from a model folder skips them.
+PRETRAINING_STAGES = ("tokenizer", "pretrain", "midtrain")
+# Stages whose starting model may be a folder outside the run: its identity joins their fingerprint.
+START_MODEL_STAGES = {"refusal": None, "sft": "sft", "dpo": "dpo", "dpo_judge": "dpo_judge"}
+
+
 def is_enabled(recipe: Recipe, stage: Stage) -> bool:
+    """The section's ``enabled``; a post-training-only run (``sft.init`` = a model folder, report §4 on
+    your own model) also skips the base-model stages, and the data stage when it has nothing to make."""
+    if recipe.start_model() and stage.name in PRETRAINING_STAGES:
+        return False
+    if stage.name == "data" and not recipe.data.makes_data():
+        return False
     section = getattr(recipe, stage.sections[-1], None)
     return bool(getattr(section, "enabled", True))
 
@@ -108,8 +122,32 @@ def fingerprints(recipe: Recipe) -> dict[str, str]:
 
 
 def stage_payload(data: dict, stage: Stage, fps: dict[str, str]) -> dict:
-    return {"seed": data["run"]["seed"], **{s: data[s] for s in stage.sections},
-            "inputs": {i: fps.get(i) for i in stage.inputs}}
+    payload = {"seed": data["run"]["seed"], **{s: data[s] for s in stage.sections},
+               "inputs": {i: fps.get(i) for i in stage.inputs}}
+    folder = _start_folder(data, stage.name)
+    if folder:
+        from phiforge.model.hf import folder_identity
+
+        payload["start_model"] = folder_identity(folder)
+    return payload
+
+
+def _start_folder(data: dict, name: str) -> str | None:
+    """The model folder outside the run that ``name`` starts from (or probes, for refusal), if any.
+
+    Its path, config hash and weight file sizes/mtimes go into the fingerprint, so
+    replacing the model reruns the stage and everything downstream.
+    """
+    from phiforge.recipe.schema import is_model_path
+
+    if name not in START_MODEL_STAGES:
+        return None
+    own = START_MODEL_STAGES[name]
+    if own and is_model_path(data[own]["init"]):
+        return data[own]["init"]
+    if name == "refusal" and data["sft"]["enabled"] and is_model_path(data["sft"]["init"]):
+        return data["sft"]["init"]
+    return None
 
 
 def run_dir_for(recipe: Recipe) -> Path:
@@ -132,17 +170,72 @@ def select(recipe: Recipe, only: str | None, start: str | None) -> list[Stage]:
 
 def run_pipeline(recipe: Recipe, only: str | None = None, start: str | None = None,
                  log: Callable[[str], None] = print) -> Path:
-    """Run the selected stages; finished stages with a matching fingerprint are skipped."""
+    """Run the selected stages; finished stages with a matching fingerprint are skipped.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the ranks join one process group: rank 0
+    runs every stage and writes every file; the other ranks join only the training
+    stages (``Stage.distributed``), waiting for their inputs by polling the completion
+    markers, not in a collective, so data stages of any length cannot time them out.
+    """
+    from phiforge.train import distributed as dist
+
+    with dist.process_group(_device_type(recipe)) as env:
+        return _run_selected(recipe, env, only, start, log)
+
+
+def _run_selected(recipe: Recipe, env, only: str | None, start: str | None, log) -> Path:
     run_dir = run_dir_for(recipe)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.resolved.json", resolved_dict(recipe))
-    _write_resolved_toml(run_dir, recipe)
     fps = fingerprints(recipe)
     selected = select(recipe, only, start)
     forced = {s.name for s in selected} if (only or start) else set()
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.resolved.json", resolved_dict(recipe))
+        _write_resolved_toml(run_dir, recipe)
+        if env.distributed:
+            log(f"torchrun: {env.world_size} ranks; training stages run on all of them, the others on rank 0")
     for stage in selected:
-        _run_one(recipe, run_dir, stage, fps, force=stage.name in forced, log=log)
+        if env.is_main:
+            _run_one(recipe, run_dir, stage, fps, force=stage.name in forced, log=log)
+        elif stage.distributed:
+            _follow(recipe, run_dir, stage, fps, selected, force=stage.name in forced)
     return run_dir
+
+
+def _device_type(recipe: Recipe) -> str:
+    from phiforge.run.context import resolve_device
+
+    return resolve_device(recipe.run.device)
+
+
+def _follow(recipe: Recipe, run_dir: Path, stage: Stage, fps: dict, selected: list[Stage], force: bool) -> None:
+    """A rank other than 0: train ``stage`` beside rank 0 once its inputs exist; write nothing else."""
+    from phiforge.train.distributed import barrier
+
+    running = {s.name for s in selected}
+    for name in stage.inputs:
+        if name in running:
+            _wait_for_marker(run_dir / name, fps[name])
+    marker = rundir.read_marker(run_dir / stage.name)
+    if marker and not force:
+        if marker["fingerprint"] == fps[stage.name]:
+            return
+        raise StageError(_changed_message(stage, marker, recipe, run_dir))
+    barrier()  # rank 0 has prepared the stage folder
+    ctx = StageContext(recipe, run_dir, stage.name, log=lambda m: None)
+    try:
+        stage.run(ctx)
+    finally:
+        ctx.close()
+
+
+def _wait_for_marker(stage_dir: Path, fp: str, poll_s: float = 2.0) -> None:
+    """Poll until rank 0 has finished the stage in ``stage_dir`` (torchrun stops us if rank 0 fails)."""
+    while True:
+        marker = rundir.read_marker(stage_dir)
+        if marker and marker["fingerprint"] == fp:
+            return
+        time.sleep(poll_s)
 
 
 def _run_one(recipe: Recipe, run_dir: Path, stage: Stage, fps: dict, force: bool, log) -> None:
@@ -158,6 +251,10 @@ def _run_one(recipe: Recipe, run_dir: Path, stage: Stage, fps: dict, force: bool
     if marker:
         rundir.clear_stage(stage_dir)
     rundir.prepare_stage_dir(stage_dir, fp, stage.resumable, lambda m: log(f"[{stage.name}] {m}"))
+    if stage.distributed:
+        from phiforge.train.distributed import barrier
+
+        barrier()  # the other ranks start the stage only now (see _follow)
     _execute(recipe, run_dir, stage, fp, log)
 
 

@@ -46,6 +46,8 @@ def stages_section(recipe: Recipe, run_dir: Path, only, start) -> str:
 
 
 def data_section(recipe: Recipe, run_dir: Path, only, start) -> str:
+    if recipe.start_model():
+        return posttrain_files_section(recipe)
     sizes = source_tokens(recipe, run_dir)
     lines = ["data:"]
     for name, (docs, tokens, exact) in sizes.items():
@@ -57,12 +59,34 @@ def data_section(recipe: Recipe, run_dir: Path, only, start) -> str:
     return "\n".join(lines)
 
 
+def posttrain_files_section(recipe: Recipe) -> str:
+    """A post-training-only run's inputs: the start model folder and the files the stages read."""
+    from phiforge.model.hf import describe_folder
+
+    lines = [f"start model ({recipe.start_model_field()}): {describe_folder(recipe.start_model())}", "data:"]
+    files = [("sft.data", ref) for ref in recipe.sft.data if recipe.sft.enabled]
+    files += [("pts.prompts", recipe.pts.prompts)] if recipe.pts.enabled else []
+    files += [("judge.prompts", recipe.judge.prompts)] if recipe.judge.enabled else []
+    files += [("data.eval_file", recipe.data.eval_file)] if recipe.data.eval_file else []
+    files += [(f"eval.tasks.{t.label}", t.path) for t in recipe.eval.tasks if recipe.eval.enabled and t.path]
+    for key, ref in files:
+        if ref in ("refusal",) or ref.startswith(("data:", "synth:", "hf:")):
+            lines.append(f"  {key:<22} {ref} (made by this run)")
+            continue
+        found = Path(ref).expanduser().exists()
+        lines.append(f"  {key:<22} {ref}" + ("" if found else " not on this machine (the stage will fail until "
+                                                              "it exists)"))
+    return "\n".join(lines)
+
+
 def _missing(recipe: Recipe, name: str) -> list[str]:
     src = next(s for s in recipe.data.sources if s.name == name)
     return [p for p in src.paths if not Path(p).is_file()]
 
 
 def model_section(recipe: Recipe, run_dir: Path, only, start) -> str:
+    if recipe.start_model():
+        return ""  # no preset model: the start model folder is printed with the data
     vocab = vocab_size(recipe, run_dir)
     cfg = presets.build_config(recipe.model.preset, {**recipe.model.overrides(), "vocab_size": vocab})
     n = presets.count_params(cfg)
@@ -77,11 +101,12 @@ def budget_section(recipe: Recipe, run_dir: Path, only, start) -> str:
     parts = []
     for name in ("pretrain", "midtrain"):
         section = getattr(recipe, name)
-        if not section.enabled:
+        if not pipeline.is_enabled(recipe, pipeline.get_stage(name)):
             continue
         weights = recipe.pretrain.mixture if name == "pretrain" else _midtrain_weights(recipe)
-        total = section.tokens() * ranks
-        head = (f"{name}: {section.max_steps:,} steps x {section.micro_batch_size} x {section.grad_accum} (accum)"
+        total = section.tokens(ranks)
+        accum = section.grad_accum_for(ranks, name)
+        head = (f"{name}: {section.max_steps:,} steps x {section.micro_batch_size} x {accum} (accum)"
                 + (f" x {ranks} ranks" if ranks > 1 else "") + f" x {section.seq_len} tokens = {total:,} tokens")
         if any(sizes.get(k, 0) < 0 for k in weights):
             rows = "\n".join(f"  {k:<14} {w / sum(weights.values()):>8.1%}  {int(total * w / sum(weights.values())):>15,} "
@@ -182,7 +207,8 @@ def posttrain_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
     r = recipe
     lines = []
     if r.sft.enabled:
-        lines.append(f"  sft        {r.sft.max_steps} steps x {r.sft.micro_batch_size} x {r.sft.grad_accum} (accum), "
+        accum = r.sft.grad_accum_for(r.resources.data_parallel(), "sft")
+        lines.append(f"  sft        {r.sft.max_steps} steps x {r.sft.micro_batch_size} x {accum} (accum), "
                      f"examples <= {r.sft.seq_len} tokens, LR {r.sft.lr:g}, packing {r.sft.packing}; "
                      f"data {', '.join(r.sft.data)}")
     if r.pts.enabled:
@@ -217,8 +243,11 @@ def eval_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
     if not e.enabled:
         return None
     models = [m for m in e.models if getattr(recipe, m).enabled]
-    lines = [f"eval: {', '.join(models)}; exact answer on "
-             f"{e.max_items or 'all'} held-out items" + (f", t={e.temperature:g} x seeds {e.seeds}" if e.seeds else "")]
+    if recipe.data.makes_data():
+        lines = [f"eval: {', '.join(models)}; exact answer on {e.max_items or 'all'} held-out items"
+                 + (f", t={e.temperature:g} x seeds {e.seeds}" if e.seeds else "")]
+    else:
+        lines = [f"eval: {', '.join(models)}; no held-out exact-answer set (no data stage), tasks only"]
     for t in e.tasks:
         from phiforge.evals.registry import task_class
 
@@ -237,6 +266,9 @@ def resources_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
     """Memory per GPU, FLOPs per token and GPU-days for ``[resources]`` (``phiforge.run.resources``)."""
     from phiforge.run import resources
 
+    if recipe.start_model():
+        return ("resources: post-training only; the GPU plan covers pretraining and midtraining, which this "
+                "run skips")
     return resources.format_plan(resources.plan(recipe, vocab=vocab_size(recipe, run_dir)))
 
 

@@ -4,7 +4,8 @@
     phiforge run recipes/phi4-14b.toml --dry-run resources.gpus=256 resources.sharding=ddp
 
 **Batch.** Every GPU is a data-parallel rank (FSDP shards the model over the same ranks), so
-one optimizer step takes ``micro_batch_size x grad_accum x max(1, resources.gpus)`` sequences;
+one optimizer step takes ``micro_batch_size x grad_accum x max(1, resources.gpus)`` sequences
+(or ``global_batch``, when a stage sets it, with grad_accum derived);
 phi4-14b: 3 x 1 x 1920 = 5760 sequences of 4096 tokens, the report's global batch (§3).
 
 **Memory per GPU** (bytes; B micro-batch, s sequence, h hidden, h_kv KV width, i MLP width,
@@ -215,14 +216,15 @@ def plan(recipe, vocab: int | None = None) -> dict:
 def _stage_plan(recipe, name: str, shape: ModelShape) -> dict:
     sec, res = getattr(recipe, name), recipe.resources
     dp = res.data_parallel()
-    seqs = sec.micro_batch_size * sec.grad_accum * dp
+    accum = sec.grad_accum_for(dp, name)
+    seqs = sec.micro_batch_size * accum * dp
     tokens = sec.max_steps * seqs * sec.seq_len
     fpt = flops_per_token(shape.matmul_params, shape.layers, shape.hidden, sec.seq_len)
     memory = {key: memory_per_gpu(shape.params, res.gpus, res.sharding, sec.micro_batch_size, sec.seq_len,
                                   shape.layers, shape.hidden, shape.heads, shape.kv_heads, ckpt,
                                   intermediate=shape.intermediate, vocab=shape.vocab, unit_params=shape.largest_unit)
               for key, ckpt in (("checkpointing", True), ("no_checkpointing", False))}
-    out = {"name": name, "micro_batch": sec.micro_batch_size, "grad_accum": sec.grad_accum, "data_parallel": dp,
+    out = {"name": name, "micro_batch": sec.micro_batch_size, "grad_accum": accum, "data_parallel": dp,
            "seq_len": sec.seq_len, "global_batch": seqs, "tokens_per_step": seqs * sec.seq_len,
            "steps": sec.max_steps, "tokens": tokens, "flops_per_token": fpt,
            "attention_flops_per_token": attention_flops_per_token(shape.layers, shape.hidden, sec.seq_len),

@@ -117,6 +117,20 @@ def init_distributed(device_type: str) -> DistEnv:
     return current_env()
 
 
+@contextlib.contextmanager
+def process_group(device_type: str):
+    """Join torchrun's process group for the block (yields the ``DistEnv``); leave it if we joined it."""
+    import torch.distributed as dist
+
+    joined_before = dist.is_available() and dist.is_initialized()
+    env = init_distributed(device_type)
+    try:
+        yield env
+    finally:
+        if not joined_before:
+            shutdown_distributed()
+
+
 def shutdown_distributed() -> None:
     import torch.distributed as dist
 
@@ -168,7 +182,11 @@ def parallelize(model, config: ParallelConfig, precision: str, device: str):
     """Apply activation checkpointing and the sharding mode; returns the model to train (same object)."""
     env = current_env()
     if config.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mode = config.resolved(env.world_size)
     model.to(device)
     if mode == "fsdp":

@@ -25,10 +25,12 @@ from phiforge.train.packing import TokenSource
 from phiforge.train.trainer import Trainer, TrainSpec
 
 
-def train_spec(section, lr: float, device: str) -> TrainSpec:
+def train_spec(section, lr: float, device: str, ranks: int = 1, where: str = "pretrain") -> TrainSpec:
+    """The Trainer settings of a recipe section; ``grad_accum`` follows ``global_batch`` over ``ranks``."""
     fields = {k: getattr(section, k) for k in TrainSpec.__dataclass_fields__
-              if k not in ("lr", "precision") and hasattr(section, k)}
-    return TrainSpec(**fields, lr=lr, precision=resolve_precision(section.precision, device))
+              if k not in ("lr", "precision", "grad_accum") and hasattr(section, k)}
+    return TrainSpec(**fields, lr=lr, grad_accum=section.grad_accum_for(ranks, where),
+                     precision=resolve_precision(section.precision, device))
 
 
 def eval_sets(valid: dict[str, TokenSource], seq_len: int, n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -78,8 +80,10 @@ def run_pretrain(ctx: StageContext) -> dict:
     eos = tok.convert_tokens_to_ids(tok.eos_token)
     train = load_sources(tok_dir, "train", r.pretrain.mixture, eos)
     valid = load_sources(tok_dir, "valid", r.pretrain.mixture, eos)
-    spec = train_spec(r.pretrain, r.pretrain.lr, device)
-    sampler = MixtureSampler(train, r.pretrain.mixture, spec.seq_len, seed=r.run.seed, where="pretrain.mixture")
+    env = ctx.dist
+    spec = train_spec(r.pretrain, r.pretrain.lr, device, env.world_size, "pretrain")
+    sampler = MixtureSampler(train, r.pretrain.mixture, spec.seq_len, seed=r.run.seed, where="pretrain.mixture",
+                             rank=env.rank, world_size=env.world_size)
     ctx.log(write_mixture(ctx.stage_dir / "mixture.json", sampler, spec))
     _check_manifest(ctx, sampler, spec)
     model = _new_model(ctx, tok).to(device)
@@ -103,12 +107,14 @@ def _train_and_export(ctx: StageContext, model, tok, spec: TrainSpec, sampler, e
     torch.manual_seed(ctx.recipe.run.seed)
     if ctx.recipe.run.threads:
         torch.set_num_threads(ctx.recipe.run.threads)
-    trainer = Trainer(model, spec, sampler, ctx.stage_dir, eval_sets=evals, device=ctx.device, log=ctx.log)
+    trainer = Trainer(model, spec, sampler, ctx.stage_dir, eval_sets=evals, device=ctx.device, log=ctx.log,
+                      parallel=ctx.parallel)
     summary = trainer.fit()
     export_hf_model(model, tok, ctx.stage_dir / "model")
     ctx.log(f"exported Hugging Face model to {ctx.stage_dir / 'model'}")
     return {**summary, "epochs": sampler.epochs_so_far(), "params": presets.count_params(model),
-            "precision": spec.precision, "device": ctx.device}
+            "precision": spec.precision, "device": ctx.device, "ranks": ctx.dist.world_size,
+            "sharding": ctx.parallel.resolved(ctx.dist.world_size)}
 
 
 def run_midtrain(ctx: StageContext) -> dict:
@@ -119,8 +125,10 @@ def run_midtrain(ctx: StageContext) -> dict:
     weights = midtrain_weights(r.pretrain.mixture, r.data.long_source_names(), r.midtrain.long_fraction)
     train = load_sources(tok_dir, "train", weights, eos)
     _check_long_sources(ctx, train, r.data.long_source_names(), r.pretrain.seq_len)
-    spec = train_spec(r.midtrain, r.midtrain_lr(), device)
-    sampler = MixtureSampler(train, weights, spec.seq_len, seed=r.run.seed + 1, where="midtrain mixture")
+    env = ctx.dist
+    spec = train_spec(r.midtrain, r.midtrain_lr(), device, env.world_size, "midtrain")
+    sampler = MixtureSampler(train, weights, spec.seq_len, seed=r.run.seed + 1, where="midtrain mixture",
+                             rank=env.rank, world_size=env.world_size)
     ctx.log(write_mixture(ctx.stage_dir / "mixture.json", sampler, spec))
     model = extend_context(load_hf_model(ctx.input_dir("pretrain") / "model"), r.midtrain.rope_theta,
                            spec.seq_len).to(device)
