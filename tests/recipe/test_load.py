@@ -83,3 +83,20 @@ def test_overrides_apply_over_file(tmp_path):
 def test_midtrain_lr_defaults_to_pretrain_over_ten():
     r = load_recipe(None, ["pretrain.lr=0.002"])
     assert r.midtrain_lr() == pytest.approx(0.0002)
+
+
+def test_posttrain_hf_recipe_dry_run_names_missing_files(tmp_path, capsys):
+    """The post-training-only recipe plans without its model or data here, saying what is missing."""
+    from phiforge import cli
+
+    path = ROOT / "recipes" / "posttrain-hf.toml"
+    recipe = load_recipe(path)
+    assert recipe.start_model() == "/models/Qwen2.5-1.5B-Instruct" and recipe.models.policy.backend == "http"
+    assert cli.main(["run", str(path), "--dry-run", f"run.out_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "start model (sft.init): /models/Qwen2.5-1.5B-Instruct (not on this machine" in out
+    assert "/data/posttrain/sft.jsonl not on this machine" in out
+    for stage in ("data", "tokenizer", "pretrain", "midtrain"):
+        assert f"  {stage:<10} disabled" in out
+    for stage in ("sft", "pts", "dpo", "judge", "dpo_judge", "eval"):
+        assert f"  {stage:<10} pending" in out

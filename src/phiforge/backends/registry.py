@@ -43,7 +43,7 @@ def open_backend(ref, *, run_dir: Path | None = None, role: str = "model", progr
         if ref.backend == "local":
             backend = _cached_local(_local(ref, run_dir, role, progress), ref, run_dir)
         elif ref.backend == "http":
-            backend = _http(ref, ref.base_url, ref.model, run_dir, role, progress, _tokenizer(ref.tokenizer))
+            backend = _http(ref, ref.base_url, ref.model, run_dir, role, progress, _tokenizer(ref.tokenizer, run_dir))
         else:
             backend = _llamacpp(ref, run_dir, role, progress, stack)
         if hasattr(backend, "close") and callable(getattr(type(backend), "close", None)):
@@ -112,8 +112,12 @@ def _http(ref, base_url: str, model: str, run_dir: Path | None, role: str, progr
                        name=f"{role}=http:{model}@{base_url}")
 
 
-def _tokenizer(spec: str | None):
-    """``None``, the bundled teacher's tokenizer, or one loaded from an HF folder."""
+def _tokenizer(spec: str | None, run_dir: Path | None = None):
+    """``None``, the bundled teacher's tokenizer, or one loaded from an HF folder.
+
+    ``stage:<name>`` is the folder of a model this run trained, e.g. ``stage:sft`` for
+    a vLLM server serving ``runs/<run>/sft/model`` (PTS needs its chat template).
+    """
     if spec is None:
         return None
     from transformers import AutoTokenizer
@@ -122,8 +126,9 @@ def _tokenizer(spec: str | None):
         from phiforge.backends.teacher import teacher_model_dir
 
         return AutoTokenizer.from_pretrained(str(teacher_model_dir()))
+    folder = _model_folder(spec, run_dir) if spec.startswith("stage:") else Path(spec).expanduser()
     try:
-        return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as e:
         raise ConfigError(f"tokenizer = {spec!r}: cannot load a tokenizer from it ({e}); give a folder with "
                           "tokenizer.json / tokenizer_config.json, or 'bundled'") from e
@@ -149,7 +154,7 @@ def _llamacpp(ref, run_dir: Path | None, role: str, progress, stack: contextlib.
     server = stack.enter_context(ManagedServer(
         llamacpp_command(gguf, n_ctx=ref.n_ctx, threads=ref.threads, extra=("--model_alias", served)),
         health_path="/v1/models", startup_timeout=300, name=f"llama.cpp ({role})"))
-    tokenizer = _tokenizer(ref.tokenizer or (BUNDLED if bundled else None))
+    tokenizer = _tokenizer(ref.tokenizer or (BUNDLED if bundled else None), run_dir)
     scorer = _LazyTeacherScorer(ref) if bundled else None
     return _http(ref, server.url, served, run_dir, role, progress, tokenizer, profile="llama.cpp",
                  scorer=scorer)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from phiforge.data import tinymath
-from phiforge.tokenize.chat import IM_END
+from phiforge.tokenize.chat import IM_END, uses_phi4_format
 
 NUMBER = re.compile(r"-?\d+")
 
@@ -35,7 +35,7 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     """
     model.eval()
     tokenizer.padding_side = "left"
-    stops = _stop_ids(tokenizer)
+    stops = _stop_ids(tokenizer, model)
     if temperature > 0:
         torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
@@ -53,11 +53,17 @@ def generate_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     return outs
 
 
-def _stop_ids(tokenizer) -> list[int]:
+def _stop_ids(tokenizer, model=None) -> list[int]:
+    """EOS and ``<|im_end|>``; for a model with its own chat template also its generation config's EOS ids
+    (e.g. Llama 3 ends a turn with ``<|eot_id|>``, which is not its tokenizer's EOS)."""
     ids = [tokenizer.convert_tokens_to_ids(tokenizer.eos_token)]
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     if im_end is not None and tokenizer.convert_ids_to_tokens(im_end) == IM_END:
         ids.append(im_end)
+    if model is not None and not uses_phi4_format(tokenizer):
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        extra = eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
+        ids += [int(i) for i in extra if int(i) not in ids]
     return ids
 
 

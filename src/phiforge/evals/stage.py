@@ -27,7 +27,7 @@ from phiforge.evals.exact_answer import generate_greedy, score, trivial_baseline
 from phiforge.evals.intervals import wilson_interval
 from phiforge.evals.stage_tasks import contamination_flags, run_model_tasks, specs_for
 from phiforge.run.context import StageContext
-from phiforge.tokenize.chat import render_chat
+from phiforge.tokenize.chat import chat_prompt_text, render_chat
 from phiforge.tokenize.stage import load_run_tokenizer
 from phiforge.train.checkpoint import load_hf_model
 
@@ -36,21 +36,22 @@ CHAT_MODELS = ("sft", "dpo", "dpo_judge")  # stages whose models answer in the c
 
 def run_eval(ctx: StageContext) -> dict:
     r = ctx.recipe
-    data_dir = ctx.input_dir("data")
-    items = list(read_jsonl(data_dir / "eval.jsonl", required=("question", "answer")))[:r.eval.max_items]
-    tok = load_run_tokenizer(ctx.input_dir("tokenizer"))
+    items = _items(ctx)
+    tok = _tokenizer(ctx)
     flags, flag_counts = contamination_flags(ctx, tok) if (r.eval.contamination and r.eval.tasks) else (None, None)
     results, tasks = {}, {}
     for name in r.eval.models:
         if not getattr(r, name).enabled:
             continue
-        model = load_hf_model(ctx.input_dir(name) / "model", device=ctx.device)
-        results[name] = _evaluate_model(ctx, name, model, tok, items)
+        model = _load_model(ctx, name)
+        if items:
+            results[name] = _evaluate_model(ctx, name, model, tok, items)
         if specs_for(ctx, name):
             backend = LocalBackend(model, tok, device=ctx.device, batch_size=r.eval.batch_size, name=name)
             tasks[name] = run_model_tasks(ctx, name, backend, CHAT_MODELS, flags)
         del model
-    stats = {"models": results, "baselines": trivial_baselines(items, _train_answers(data_dir)), "n_items": len(items)}
+    baselines = trivial_baselines(items, _train_answers(ctx.input_dir("data"))) if items else {}
+    stats = {"models": results, "baselines": baselines, "n_items": len(items)}
     if tasks:
         stats["tasks"] = tasks
     if flag_counts is not None:
@@ -58,16 +59,52 @@ def run_eval(ctx: StageContext) -> dict:
     return stats
 
 
-def eval_prompt(model_name: str, question: str) -> str:
-    """The prompt a checkpoint is evaluated with: chat format after post-training, else the textbook layout."""
+def _items(ctx: StageContext) -> list[dict]:
+    """The held-out exact-answer items; none when the run has no data stage (post-training-only runs
+    without ``data.eval_file``: only ``[[eval.tasks]]`` run then)."""
+    if not ctx.recipe.data.makes_data():
+        ctx.log("no data stage in this run: exact-answer items skipped, only [[eval.tasks]] run")
+        return []
+    path = ctx.input_dir("data") / "eval.jsonl"
+    return list(read_jsonl(path, required=("question", "answer")))[:ctx.recipe.eval.max_items]
+
+
+def _tokenizer(ctx: StageContext):
+    """The run's tokenizer, or the start model folder's (its chat template) in a post-training-only run."""
+    start = ctx.recipe.start_model()
+    if start:
+        from phiforge.model.hf import load_chat_tokenizer
+
+        return load_chat_tokenizer(start, field=ctx.recipe.start_model_field())
+    return load_run_tokenizer(ctx.input_dir("tokenizer"))
+
+
+def _load_model(ctx: StageContext, name: str):
+    """A checkpoint of this run; any architecture when the run started from a model folder."""
+    if ctx.recipe.start_model():
+        from phiforge.model.hf import load_causal_lm
+
+        return load_causal_lm(ctx.input_dir(name) / "model", device=ctx.device, field=f"{name}/model")
+    return load_hf_model(ctx.input_dir(name) / "model", device=ctx.device)
+
+
+def eval_prompt(model_name: str, question: str, tokenizer=None) -> str:
+    """The prompt a checkpoint is evaluated with: chat format after post-training, else the textbook layout.
+
+    The chat format is Phi-4's, or the model's own chat template when ``tokenizer`` has one (a model
+    post-trained from its folder answers in the format it was instruction-tuned in).
+    """
     if model_name in CHAT_MODELS:
-        return render_chat([{"role": "user", "content": question}], add_generation_prompt=True)
+        messages = [{"role": "user", "content": question}]
+        if tokenizer is not None:
+            return chat_prompt_text(tokenizer, messages)
+        return render_chat(messages, add_generation_prompt=True)
     return tinymath.prompt_text(question)
 
 
 def _evaluate_model(ctx: StageContext, name: str, model, tok, items: list[dict]) -> dict:
     cfg = ctx.recipe.eval
-    prompts = [eval_prompt(name, it["question"]) for it in items]
+    prompts = [eval_prompt(name, it["question"], tok) for it in items]
     t0 = time.perf_counter()
     completions = generate_greedy(model, tok, prompts, cfg.max_new_tokens, batch_size=cfg.batch_size,
                                   device=ctx.device, progress=lambda i, n: ctx.log(f"{name}: generated {i}/{n}"))

@@ -20,7 +20,8 @@ write the same JSONL row, one pair per line::
 Judge and refusal steps write a *text* form instead
 (``{"id", "kind", "messages", "chosen", "rejected", "max_response_tokens"}``);
 ``text_pairs_to_token_pairs`` renders it with the student's tokenizer. A full
-response ends with ``<|im_end|>`` (the model must learn where to stop); with
+response ends with ``<|im_end|>`` (the model must learn where to stop; a foreign
+model's turn ends as its own chat template ends it, see ``tokenize.template``); with
 ``max_response_tokens`` set, as for the hallucination-refusal pairs that use only
 the first 5 tokens of each response (App. A.1), the response is cut to that many
 tokens and gets no end token, because the cut text does not end there.
@@ -35,8 +36,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from phiforge.data.records import read_jsonl_lines, write_jsonl
-from phiforge.errors import ConfigError, DataError
-from phiforge.tokenize.chat import IM_END, render_conversation
+from phiforge.errors import DataError
+from phiforge.tokenize.chat import render_conversation, render_reply
 
 REQUIRED = ("id", "kind", "prompt_ids", "chosen_ids", "rejected_ids")
 REF_KEYS = ("ref_chosen_logp", "ref_rejected_logp")
@@ -156,18 +157,17 @@ def text_pairs_to_token_pairs(tokenizer, rows: Iterable[dict],
     ``dropped_empty_response`` (a truncated response with no tokens). Malformed rows
     raise ``DataError`` naming ``where`` and the 1-based row number.
     """
-    end_id = _end_id(tokenizer)
     pairs: list[TokenPair] = []
     counts: Counter = Counter()
     for n, row in enumerate(rows, start=1):
-        pair, reason = _text_row_to_pair(tokenizer, row, f"{where} row {n}", end_id)
+        pair, reason = _text_row_to_pair(tokenizer, row, f"{where} row {n}")
         counts["kept" if pair else f"dropped_{reason}"] += 1
         if pair:
             pairs.append(pair)
     return pairs, counts
 
 
-def _text_row_to_pair(tokenizer, row: dict, where: str, end_id: int) -> tuple[TokenPair | None, str]:
+def _text_row_to_pair(tokenizer, row: dict, where: str) -> tuple[TokenPair | None, str]:
     for key in TEXT_REQUIRED:
         if key not in row:
             raise DataError(f"{where}: missing field '{key}' (fields present: {sorted(row)})")
@@ -178,7 +178,7 @@ def _text_row_to_pair(tokenizer, row: dict, where: str, end_id: int) -> tuple[To
         prompt, _ = render_conversation(tokenizer, row["messages"], add_generation_prompt=True)
     except DataError as e:
         raise DataError(f"{where} (id {row['id']!r}): {e}") from e
-    chosen, rejected = (_response_ids(tokenizer, row[k], limit, end_id, f"{where}: field '{k}'")
+    chosen, rejected = (_response_ids(tokenizer, row["messages"], row[k], limit, f"{where}: field '{k}'")
                         for k in ("chosen", "rejected"))
     if not chosen or not rejected:
         return None, "empty_response"
@@ -191,20 +191,17 @@ def _text_row_to_pair(tokenizer, row: dict, where: str, end_id: int) -> tuple[To
                      rejected_ids=rejected, metadata=metadata), ""
 
 
-def _response_ids(tokenizer, text: Any, limit: int | None, end_id: int, where: str) -> list[int]:
-    """Response content ids plus ``<|im_end|>``; or its first ``limit`` ids and no end token (App. A.1)."""
+def _response_ids(tokenizer, messages: list, text: Any, limit: int | None, where: str) -> list[int]:
+    """Response ids ended as the chat format ends a turn (``<|im_end|>`` for Phi-4, else the model's
+    template); or its first ``limit`` content ids and no end token (App. A.1)."""
     if not isinstance(text, str):
         raise DataError(f"{where}: expected a string, got {type(text).__name__}")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[:limit] if limit is not None else [*ids, end_id]
-
-
-def _end_id(tokenizer) -> int:
-    token_id = tokenizer.convert_tokens_to_ids(IM_END)
-    if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != IM_END:
-        raise ConfigError(f"tokenizer: has no {IM_END!r} token to end responses; use the student's tokenizer "
-                          "(phiforge.tokenize.phi4_tokenizer() or train_bpe())")
-    return token_id
+    if limit is not None:
+        return tokenizer(text, add_special_tokens=False)["input_ids"][:limit]
+    try:
+        return render_reply(tokenizer, messages, text)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from e
 
 
 def to_trl_rows(pairs: Iterable[TokenPair], tokenizer) -> list[dict]:

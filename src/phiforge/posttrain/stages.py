@@ -21,7 +21,7 @@ from pathlib import Path
 
 from phiforge.data.records import read_jsonl, read_jsonl_lines, write_json, write_jsonl
 from phiforge.errors import ConfigError, DataError
-from phiforge.recipe.schema import DATA_REF
+from phiforge.recipe.schema import DATA_REF, is_model_path
 
 SYNTH_REF = "synth:"
 from phiforge.run.context import StageContext
@@ -42,17 +42,46 @@ def resolve_ref(ctx: StageContext, ref: str) -> Path:
 
 
 def init_stage(ctx: StageContext, choice: str, default: str) -> str:
-    """The stage whose exported model a post-training stage starts from."""
+    """The stage whose exported model a post-training stage starts from, or a model folder path."""
     if choice != "auto":
         return choice
     return default
 
 
 def load_start_model(ctx: StageContext, stage: str):
+    """A stage's exported model (Phi-4 architecture), or any causal LM from a folder (``<stage>.init`` = path).
+
+    In a run that started from a model folder, later stages' models have that
+    folder's architecture, so they load through the general loader too.
+    """
+    from phiforge.model.hf import load_causal_lm
+
+    if is_model_path(stage):
+        ctx.log(f"starting from the model folder {stage}")
+        return load_causal_lm(stage, device=ctx.device, field=f"{ctx.stage}.init")
+    if ctx.recipe.start_model():
+        ctx.log(f"starting from {stage}/model")
+        return load_causal_lm(ctx.input_dir(stage) / "model", device=ctx.device, field=f"{ctx.stage}.init")
     from phiforge.train.checkpoint import load_hf_model
 
     ctx.log(f"starting from {stage}/model")
     return load_hf_model(ctx.input_dir(stage) / "model", device=ctx.device)
+
+
+def student_tokenizer(ctx: StageContext, start: str | None = None):
+    """The tokenizer the policy is trained and prompted with.
+
+    A model folder brings its own tokenizer and chat template (report §4 applied to
+    that model: it keeps the chat format it was instruction-tuned in); a run that
+    pretrained uses its tokenizer stage. ``start`` is the stage's own start model.
+    """
+    folder = start if start and is_model_path(start) else ctx.recipe.start_model()
+    if folder:
+        from phiforge.model.hf import load_chat_tokenizer
+
+        field = f"{ctx.stage}.init" if folder == start else ctx.recipe.start_model_field()
+        return load_chat_tokenizer(folder, field=field)
+    return load_run_tokenizer(ctx.input_dir("tokenizer"))
 
 
 def _export(ctx: StageContext, model, tok) -> None:
@@ -96,13 +125,13 @@ def _prompt_row(path: Path, lineno: int, obj: dict, index: int) -> dict:
 
 # -- sft -------------------------------------------------------------------------
 def run_sft(ctx: StageContext) -> dict:
-    """One round of SFT (report §4.1) from the latest pretrained checkpoint."""
+    """One round of SFT (report §4.1) from the latest pretrained checkpoint, or from a model folder."""
     from phiforge.posttrain.sft import read_sft_rows, train_sft
 
     sec = ctx.recipe.sft
-    tok = load_run_tokenizer(ctx.input_dir("tokenizer"))
-    rows = read_sft_rows([_sft_path(ctx, ref) for ref in sec.data])
     start = init_stage(ctx, sec.init, ctx.latest_pretrained())
+    tok = student_tokenizer(ctx, start)
+    rows = read_sft_rows([_sft_path(ctx, ref) for ref in sec.data])
     model = load_start_model(ctx, start)
     _threads(ctx)
     summary = train_sft(model, tok, rows, sft_config(ctx), ctx.stage_dir, device=ctx.device, log=ctx.log)
@@ -153,7 +182,7 @@ def _run_dpo(ctx: StageContext, sec, default_init: str) -> dict:
 
     start = init_stage(ctx, sec.init, default_init)
     model = load_start_model(ctx, start)
-    tok = load_run_tokenizer(ctx.input_dir("tokenizer"))
+    tok = student_tokenizer(ctx, start)
     vocab = model.get_input_embeddings().weight.shape[0]
     pairs = []
     for ref in sec.pairs:
@@ -338,7 +367,7 @@ def _token_pairs(ctx: StageContext, text_rows: list[dict]) -> dict:
     """The text pairs on the student's token ids (what our DPO trainer reads)."""
     from phiforge.posttrain.pairs import text_pairs_to_token_pairs, write_token_pairs
 
-    tok = load_run_tokenizer(ctx.input_dir("tokenizer"))
+    tok = student_tokenizer(ctx)
     pairs, counts = text_pairs_to_token_pairs(tok, text_rows, where=str(ctx.stage_dir / "pairs.text.jsonl"))
     write_token_pairs(ctx.stage_dir / "pairs.jsonl", pairs)
     ctx.log(f"{len(pairs)} token pairs ({dict(counts)})")

@@ -89,9 +89,11 @@ class DataSection(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"source names must be unique; duplicated: {dup}")
-        if self.generator == "none" and not self.sources:
-            raise ValueError("with generator = 'none', list at least one [[data.sources]] entry")
         return self
+
+    def makes_data(self) -> bool:
+        """Whether the data stage has anything to write (a post-training-only run may need none)."""
+        return self.generator == "tinymath" or bool(self.sources) or bool(self.eval_file)
 
     def source_names(self) -> list[str]:
         gen = list(TINYMATH_SOURCES) if self.generator == "tinymath" else []
@@ -382,8 +384,9 @@ class ModelRef(Section):
     base_url: str | None = Field(None, description="http only, e.g. http://localhost:8000")
     profile: Literal["auto", "vllm", "openai", "llama.cpp"] = Field("auto", description="http: server features")
     api_key_env: str | None = Field(None, description="http: environment variable holding the API key")
-    tokenizer: str | None = Field(None, description="http: HF tokenizer folder (or 'bundled') for token-id "
-                                                    "prompts on servers that take only text")
+    tokenizer: str | None = Field(None, description="http: HF tokenizer folder (or 'bundled', or 'stage:<name>' "
+                                                    "= a model this run trained) for chat prompts as token ids "
+                                                    "(PTS) and on servers that take only text")
     concurrency: int = Field(8, ge=1, description="http: requests in flight")
     max_retries: int = Field(6, ge=0)
     timeout_s: float = Field(120.0, gt=0)
@@ -434,8 +437,9 @@ class ModelsSection(Section):
             return self.teacher
         if role == "judge":
             return self.judge or self.teacher
-        if role == "policy":
-            return self.policy or ModelRef(backend="local", model=f"stage:{latest_trained_stage}")
+        if role == "policy":  # a stage of this run, or the model folder a post-training-only run starts from
+            model = latest_trained_stage if is_model_path(latest_trained_stage) else f"stage:{latest_trained_stage}"
+            return self.policy or ModelRef(backend="local", model=model)
         if role in self.others:
             return self.others[role]
         raise ConfigError(f"no model named {role!r}: set [models.{role}] in the recipe "
@@ -521,6 +525,19 @@ class SynthSection(Section):
 DATA_REF = "data:"  # "data:<name>" = the data stage's <name>.jsonl
 
 
+def is_model_path(init: str) -> bool:
+    """``init`` names a model folder (has a path separator or starts with ``~`` / ``.``), not a stage."""
+    return "/" in init or "\\" in init or init.startswith(("~", "."))
+
+
+def check_init(value: str, stages: tuple[str, ...]) -> str:
+    """A stage name from ``stages`` or a model-folder path; a typo of a stage name fails here, not at run time."""
+    if value in stages or is_model_path(value):
+        return value
+    raise ValueError(f"{value!r} is neither one of {list(stages)} nor a path to a Hugging Face model folder "
+                     "(write ./name for a folder in the current directory)")
+
+
 class SFTSection(TrainSection):
     """Supervised fine-tuning (report §4.1): chat data, loss on assistant tokens only.
 
@@ -533,8 +550,14 @@ class SFTSection(TrainSection):
                             description="JSONL files of {messages} rows; 'data:<name>' = the data stage's file; "
                                         "'refusal' = the refusal stage's SFT rows; 'synth:<pipeline>' = a synth "
                                         "pipeline's records (e.g. a best_of_n step)")
-    init: Literal["auto", "pretrain", "midtrain"] = Field("auto", description="starting model; auto = midtrain "
-                                                                              "if enabled, else pretrain")
+    init: str = Field("auto", description="starting model: auto (= midtrain if enabled, else pretrain), "
+                                        "pretrain, midtrain, or a path to a local Hugging Face model folder "
+                                        "(any causal LM with a chat template: post-train your own model)")
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v: str) -> str:
+        return check_init(v, ("auto", "pretrain", "midtrain"))
     max_steps: int = Field(300, ge=1)
     micro_batch_size: int = Field(16, ge=1)
     seq_len: int = Field(256, ge=8)
@@ -588,8 +611,14 @@ class DPOSection(TrainSection):
     enabled: bool = False
     pairs: list[str] = Field(default_factory=lambda: ["pts"], min_length=1,
                              description="stages that made pairs (pts, judge, refusal) or token-pair JSONL paths")
-    init: Literal["auto", "sft", "dpo"] = Field("auto", description="starting policy (and reference); auto = "
-                                                                    "the previous post-training stage")
+    init: str = Field("auto", description="starting policy (and reference): auto (= the previous "
+                                        "post-training stage), sft, dpo, or a path to a Hugging Face model "
+                                        "folder (when sft is off)")
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v: str) -> str:
+        return check_init(v, ("auto", "sft", "dpo"))
     beta: float = Field(0.1, gt=0, description="DPO beta (UNCONFIRMED in the report)")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="conservative DPO; 0 = standard DPO")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; None = from epochs")
@@ -707,20 +736,60 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _cross_checks(self):
         known = self.data.source_names() + self.synth.source_names()
-        unknown = sorted(set(self.pretrain.mixture) - set(known))
+        self._check_start_model()
+        pretraining = self.pretrain.enabled and not self.start_model()
+        if pretraining and self.data.generator == "none" and not self.data.sources:
+            raise ValueError("with generator = 'none', list at least one [[data.sources]] entry (or start "
+                             "post-training from a model folder: sft.init = '/path/to/model')")
+        unknown = sorted(set(self.pretrain.mixture) - set(known)) if pretraining else []
         if unknown:
             raise ValueError(f"pretrain.mixture names unknown source(s) {unknown}; sources are {known}")
-        if self.pretrain.seq_len > self.model.max_positions():
+        if pretraining and self.pretrain.seq_len > self.model.max_positions():
             raise ValueError(f"pretrain.seq_len={self.pretrain.seq_len} exceeds the model's context "
                              f"({self.model.max_positions()} for preset '{self.model.preset}'); lower "
                              "pretrain.seq_len or raise model.max_position_embeddings")
         self._check_synth(known)
         self._check_posttrain()
         self._check_curate()
-        if self.midtrain.enabled and not self.data.long_source_names():
+        if self.midtrain.enabled and not self.start_model() and not self.data.long_source_names():
             raise ValueError("midtrain needs a long-document source: use data.generator = 'tinymath' or add a "
                              "[[data.sources]] entry with kind = 'long' (or set midtrain.enabled = false)")
         return self
+
+    def start_model(self) -> str | None:
+        """The model folder post-training starts from (``sft.init``, or a DPO round's ``init`` with SFT off).
+
+        Set, the run is post-training only: nothing pretrains, and the tokenizer and
+        chat template come from that folder (Phi-4 report §4 applied to your model).
+        """
+        if self.sft.enabled:
+            return self.sft.init if is_model_path(self.sft.init) else None
+        for sec in (self.dpo, self.dpo_judge):
+            if sec.enabled:
+                return sec.init if is_model_path(sec.init) else None
+        return None
+
+    def start_model_field(self) -> str:
+        """The recipe key that names the start model folder, for error messages."""
+        return "sft.init" if self.sft.enabled else "dpo.init" if self.dpo.enabled else "dpo_judge.init"
+
+    def _check_start_model(self) -> None:
+        """A post-training-only run has no pretrained checkpoints, run tokenizer or (maybe) data stage."""
+        if not self.start_model():
+            return
+        field = self.start_model_field()
+        base = sorted({"pretrain", "midtrain"} & set(self.eval.models)) if self.eval.enabled else []
+        if base:
+            raise ValueError(f"eval.models lists {base}, but {field} is a model folder, so this run does not "
+                             "pretrain; list only post-trained stages (sft, dpo, dpo_judge)")
+        if self.eval.enabled and self.eval.contamination:
+            raise ValueError(f"eval.contamination looks items up in this run's pretraining data, which a run "
+                             f"starting from a model folder ({field}) has none of; set eval.contamination = false")
+        if not self.data.makes_data():
+            uses = [f"eval.tasks[{i}].path" for i, t in enumerate(self.eval.tasks) if (t.path or "").startswith(DATA_REF)]
+            if uses and self.eval.enabled:
+                raise ValueError(f"{uses[0]} = 'data:...' needs the data stage, which has nothing to make here; "
+                                 "give the task's JSONL file instead, or set data.eval_file")
 
     def _check_synth(self, known: list[str]) -> None:
         if not self.synth.enabled:
@@ -766,8 +835,9 @@ class Recipe(Section):
                 if ref in ("pts", "judge", "refusal") and not getattr(self, ref).enabled:
                     raise ValueError(f"{name}.pairs names stage {ref!r}, which is disabled; enable it or "
                                      "give token-pair JSONL paths")
-            if not self.sft.enabled:
-                raise ValueError(f"{name} starts from the SFT model: set sft.enabled = true")
+            if not self.sft.enabled and not is_model_path(sec.init) and not (name == "dpo_judge" and self.dpo.enabled):
+                raise ValueError(f"{name} starts from the SFT model: set sft.enabled = true (or {name}.init = "
+                                 "a Hugging Face model folder)")
         if self.sft.enabled and "refusal" in self.sft.data and not self.refusal.enabled:
             raise ValueError("sft.data names 'refusal', but refusal.enabled is false; enable it or drop the entry")
         pipes = [p.name for p in self.synth.pipelines] if self.synth.enabled else []

@@ -1,4 +1,4 @@
-"""The Phi-4 chat format: template, string rendering and SFT loss masks.
+"""The Phi-4 chat format: template, string rendering and SFT loss masks (other models: their own template).
 
 Phi-4 is post-trained on the ChatML-style format of the report's §4 (post-training)
 with ``<|im_sep|>`` between role and content and no newlines anywhere::
@@ -10,7 +10,9 @@ The same layout exists three times and must never drift apart: as the Jinja
 reads from a saved tokenizer, as the pure-Python ``render_chat`` that data stages
 use without a tokenizer, and as ``render_conversation`` which yields token ids with
 a loss mask so SFT trains on the assistant's tokens only (Phi-4 report §4.1).
-The tests check all three against each other.
+The tests check all three against each other. A tokenizer that carries another
+chat template (a foreign model post-trained from its own folder, ``sft.init =
+"/models/..."``) is rendered in that template instead (``tokenize.template``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def render_conversation(tokenizer, messages: Sequence[dict],
     special tokens split the text before pre-tokenization anyway.
     """
     messages = validate_messages(messages)
+    if not uses_phi4_format(tokenizer):
+        return _render_foreign(tokenizer, messages, add_generation_prompt)
     start, sep, end = _control_ids(tokenizer)
     texts = [piece for m in messages for piece in (m["role"], m["content"])]
     encoded = _encode_pieces(tokenizer, texts)
@@ -115,6 +119,60 @@ def render_conversation(tokenizer, messages: Sequence[dict],
     return ids, mask
 
 
+def uses_phi4_format(tokenizer) -> bool:
+    """True for our tokenizers (Phi-4 control tokens, our template or none); False for a model's own template.
+
+    A foreign model (Qwen, Llama, ...) is post-trained in the chat format it was
+    instruction-tuned with, read from its tokenizer's chat template
+    (``phiforge.tokenize.template``); rendering it in the Phi-4 format would teach
+    it a second format.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if template and template != CHAT_TEMPLATE:
+        return False
+    return _has_control_tokens(tokenizer) or not template
+
+
+def _has_control_tokens(tokenizer) -> bool:
+    for token in (IM_START, IM_SEP, IM_END):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != token:
+            return False
+    return True
+
+
+def _render_foreign(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
+    from phiforge.tokenize.template import check_no_special_tokens, render_with_template
+
+    check_no_special_tokens(tokenizer, messages)
+    return render_with_template(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+
+
+def render_reply(tokenizer, messages: Sequence[dict], reply: str) -> list[int]:
+    """Token ids of an assistant ``reply`` after ``messages``, ended as the chat format ends a turn.
+
+    Phi-4 format: the reply's tokens + ``<|im_end|>``; a model's own template: the
+    trained span of the reply's turn (e.g. ``...<|eot_id|>`` for Llama 3). DPO
+    responses use it so the model learns where to stop (report §4.2).
+    """
+    if uses_phi4_format(tokenizer):
+        end = _control_ids(tokenizer)[2]
+        return [*tokenizer(reply, add_special_tokens=False)["input_ids"], end]
+    from phiforge.tokenize.template import reply_ids_with_template
+
+    validate_messages([*messages, {"role": "assistant", "content": reply}])
+    return reply_ids_with_template(tokenizer, messages, reply)
+
+
+def chat_prompt_text(tokenizer, messages: Sequence[dict]) -> str:
+    """The text a chat model is prompted with: ``render_chat`` for Phi-4, else the model's own template."""
+    if uses_phi4_format(tokenizer):
+        return render_chat(messages, add_generation_prompt=True)
+    from phiforge.tokenize.template import apply_template
+
+    return apply_template(tokenizer, validate_messages(messages), add_generation_prompt=True)
+
+
 def _encode_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
@@ -127,7 +185,8 @@ def _control_ids(tokenizer) -> tuple[int, int, int]:
     for token in (IM_START, IM_SEP, IM_END):
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != token:
-            raise ConfigError(f"tokenizer: has no {token!r} token, so it cannot render chats; "
-                              "use phiforge.tokenize.phi4_tokenizer() or train_bpe()")
+            raise ConfigError(f"tokenizer: has no chat template and no {token!r} token, so it cannot render "
+                              "chats; give it a chat_template (an instruct model's tokenizer has one) or use "
+                              "phiforge.tokenize.phi4_tokenizer() or train_bpe()")
         ids.append(token_id)
     return ids[0], ids[1], ids[2]
