@@ -117,3 +117,22 @@ def test_dry_run_prints_a_cpu_line_for_tiny(tmp_path, capsys):
     assert cli.main(["run", str(ROOT / "recipes" / "tiny.toml"), "--dry-run", f"run.out_dir={tmp_path}", *small]) == 0
     out = capsys.readouterr().out
     assert "resources: this machine's CPU (resources.gpus = 0, fp32)" in out and "model card" not in out
+
+
+def test_measured_mfu_agrees_with_the_plan_arithmetic():
+    """At the measured MFU, the plan's wall-clock days equal tokens / measured tokens-per-second."""
+    shape = resources.model_shape("1b", None, 100352)
+    rows = [{"tokens_per_s": 1.0}] * 5 + [{"tokens_per_s": v} for v in (40000.0, 50000.0, 60000.0)]
+    out = resources.measured_throughput(rows, shape, seq_len=2048, ranks=2, gpu="h100-80g")
+    assert out["tokens_per_s_median"] == 50000.0 and out["steps_timed"] == 3  # warm-up steps skipped
+    fpt = resources.flops_per_token(shape.matmul_params, shape.layers, shape.hidden, 2048)
+    days = resources.training_days(1e9, fpt, 2, resources.GPU_SPECS["h100-80g"].bf16_tflops, out["mfu"])
+    assert days == pytest.approx(1e9 / 50000.0 / 86400, rel=1e-3)
+    assert "mfu" not in resources.measured_throughput(rows, shape, 2048, 1, gpu=None)  # CPU: no MFU
+
+
+@pytest.mark.parametrize("name, key", [("NVIDIA H100 80GB HBM3", "h100-80g"), ("NVIDIA H200", "h200-141g"),
+                                       ("NVIDIA A100-SXM4-40GB", "a100-40g"), ("NVIDIA A100 80GB PCIe", "a100-80g"),
+                                       ("Tesla T4", "h100-80g")])
+def test_gpu_names_map_to_specs(name, key):
+    assert resources.gpu_key_for(name, default="h100-80g") == key

@@ -324,3 +324,35 @@ def _si(x: float, unit: str = "") -> str:
         if x >= scale:
             return f"{x / scale:.2f}{sep}{prefix}{unit}"
     return f"{x:g}{sep}{unit}"
+
+
+# -- measured against planned ---------------------------------------------------------------
+
+
+def gpu_key_for(device_name: str, default: str) -> str:
+    """The ``GPU_SPECS`` key of a CUDA device name ("NVIDIA H100 80GB HBM3" -> ``h100-80g``)."""
+    name = device_name.lower()
+    for key, needle in (("h200-141g", "h200"), ("h100-80g", "h100"), ("l40s-48g", "l40s")):
+        if needle in name:
+            return key
+    if "a100" in name:
+        return "a100-40g" if "40gb" in name else "a100-80g"
+    return default
+
+
+def measured_throughput(rows: list[dict], shape: ModelShape, seq_len: int, ranks: int, gpu: str | None,
+                        skip: int = 5) -> dict:
+    """Median tokens/s of a stage's train rows (after ``skip`` warm-up steps) and, on a GPU, its MFU.
+
+    MFU = tokens/s x FLOPs per token (6N + 12·L·h·s, as the plan counts) / (ranks x dense bf16 peak).
+    """
+    speeds = sorted(r["tokens_per_s"] for r in rows[skip:] or rows)
+    if not speeds:
+        return {}
+    tps = speeds[len(speeds) // 2]
+    out = {"tokens_per_s_median": round(tps, 1), "steps_timed": len(speeds)}
+    if gpu is not None:
+        fpt = flops_per_token(shape.matmul_params, shape.layers, shape.hidden, seq_len)
+        out.update(gpu=gpu, flops_per_token=fpt,
+                   mfu=round(tps * fpt / (ranks * GPU_SPECS[gpu].bf16_tflops * 1e12), 4))
+    return out

@@ -107,14 +107,44 @@ def _train_and_export(ctx: StageContext, model, tok, spec: TrainSpec, sampler, e
     torch.manual_seed(ctx.recipe.run.seed)
     if ctx.recipe.run.threads:
         torch.set_num_threads(ctx.recipe.run.threads)
+    params = presets.count_params(model)  # before sharding: counts of the whole model
     trainer = Trainer(model, spec, sampler, ctx.stage_dir, eval_sets=evals, device=ctx.device, log=ctx.log,
                       parallel=ctx.parallel)
     summary = trainer.fit()
+    speed = _throughput(ctx, model, spec, trainer)
     export_hf_model(model, tok, ctx.stage_dir / "model")
     ctx.log(f"exported Hugging Face model to {ctx.stage_dir / 'model'}")
-    return {**summary, "epochs": sampler.epochs_so_far(), "params": presets.count_params(model),
+    return {**summary, **speed, "epochs": sampler.epochs_so_far(), "params": params,
             "precision": spec.precision, "device": ctx.device, "ranks": ctx.dist.world_size,
             "sharding": ctx.parallel.resolved(ctx.dist.world_size)}
+
+
+def _throughput(ctx: StageContext, model, spec: TrainSpec, trainer: Trainer) -> dict:
+    """Median tokens/s, and on GPUs the MFU and peak memory, next to what the dry-run plan assumed."""
+    from phiforge.run.resources import gpu_key_for, measured_throughput, model_shape
+    from phiforge.train.trainer import read_metrics
+
+    if not ctx.dist.is_main:
+        return {}
+    cfg = model.config
+    shape = model_shape(ctx.recipe.model.preset, {**ctx.recipe.model.overrides(), **_shape_of(cfg)}, cfg.vocab_size)
+    gpu = None
+    out: dict = {}
+    if torch.device(ctx.device).type == "cuda":
+        gpu = gpu_key_for(torch.cuda.get_device_name(), ctx.recipe.resources.gpu)
+        out["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    rows = [r for r in read_metrics(trainer.metrics_path) if r["kind"] == "train"]
+    out.update(measured_throughput(rows, shape, spec.seq_len, ctx.dist.world_size, gpu))
+    if "mfu" in out:
+        ctx.log(f"throughput {out['tokens_per_s_median']:,.0f} tokens/s (median), MFU {out['mfu']:.1%} of "
+                f"{ctx.dist.world_size} x {gpu} bf16 peak (plan assumed {ctx.recipe.resources.mfu:.0%}), "
+                f"peak memory {out['peak_gpu_memory_gib']} GiB")
+    return out
+
+
+def _shape_of(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                                         "num_attention_heads", "num_key_value_heads")}
 
 
 def run_midtrain(ctx: StageContext) -> dict:
