@@ -134,7 +134,8 @@ def run_sft(ctx: StageContext) -> dict:
     rows = read_sft_rows([_sft_path(ctx, ref) for ref in sec.data])
     model = load_start_model(ctx, start)
     _threads(ctx)
-    summary = train_sft(model, tok, rows, sft_config(ctx), ctx.stage_dir, device=ctx.device, log=ctx.log)
+    summary = train_sft(model, tok, rows, sft_config(ctx), ctx.stage_dir, device=ctx.device, log=ctx.log,
+                        parallel=ctx.parallel)
     _export(ctx, model, tok)
     return {**summary, "init": start}
 
@@ -157,7 +158,8 @@ def sft_config(ctx: StageContext):
 
     sec = ctx.recipe.sft
     return SFTConfig(lr=sec.lr, max_steps=sec.max_steps, micro_batch_size=sec.micro_batch_size,
-                     grad_accum=sec.grad_accum, max_length=sec.seq_len, packing=sec.packing, overlong=sec.overlong,
+                     grad_accum=sec.grad_accum, global_batch=sec.global_batch, max_length=sec.seq_len,
+                     packing=sec.packing, overlong=sec.overlong,
                      warmup_steps=sec.warmup_steps, min_lr_ratio=sec.min_lr_ratio, weight_decay=sec.weight_decay,
                      grad_clip=sec.grad_clip, valid_examples=sec.valid_examples, seed=ctx.recipe.run.seed,
                      log_every=sec.log_every, eval_every=sec.eval_every, checkpoint_every=sec.checkpoint_every,
@@ -198,7 +200,8 @@ def _run_dpo(ctx: StageContext, sec, default_init: str) -> dict:
     kinds = {k: sum(p.kind == k for p in pairs) for k in sorted({p.kind for p in pairs})}
     ctx.log(f"{len(pairs)} pairs from {sec.pairs}: {kinds}")
     _threads(ctx)
-    summary = train_dpo(model, pairs, dpo_config(ctx, sec), ctx.stage_dir, device=ctx.device, log=ctx.log)
+    summary = train_dpo(model, pairs, dpo_config(ctx, sec), ctx.stage_dir, device=ctx.device, log=ctx.log,
+                        parallel=ctx.parallel)
     _export(ctx, model, tok)
     return {**summary, "init": start, "pair_kinds": kinds}
 
@@ -214,7 +217,7 @@ def dpo_config(ctx: StageContext, sec):
 
     return DPOConfig(beta=sec.beta, label_smoothing=sec.label_smoothing, lr=sec.lr, min_lr_ratio=sec.min_lr_ratio,
                      max_steps=sec.max_steps, epochs=sec.epochs, micro_batch_size=sec.micro_batch_size,
-                     grad_accum=sec.grad_accum,
+                     grad_accum=sec.grad_accum, global_batch=sec.global_batch,
                      warmup_steps=sec.warmup_steps, weight_decay=sec.weight_decay, grad_clip=sec.grad_clip,
                      max_length=sec.seq_len, valid_fraction=sec.valid_fraction, seed=ctx.recipe.run.seed,
                      precision=sec.precision, log_every=sec.log_every, eval_every=sec.eval_every,

@@ -216,6 +216,10 @@ class TrainSection(Section):
     max_steps: int = Field(ge=1)
     micro_batch_size: int = Field(ge=1)
     grad_accum: int = Field(1, ge=1)
+    global_batch: int | None = Field(None, ge=1, description=(
+        "sequences (DPO: pairs) per optimizer step over all ranks. Set, grad_accum is derived at run time as "
+        "global_batch / (micro_batch_size x ranks), so a run resumed on another number of GPUs keeps its "
+        "batch; None = micro_batch_size x grad_accum x ranks"))
     seq_len: int = Field(ge=8)
     lr: float | None = Field(None, gt=0, description="peak LR")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final LR as a fraction of the peak")
@@ -231,8 +235,21 @@ class TrainSection(Section):
     keep_checkpoints: int = Field(2, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPUs, fp32 on CPUs")
 
-    def tokens(self) -> int:
-        return self.max_steps * self.micro_batch_size * self.grad_accum * self.seq_len
+    @model_validator(mode="after")
+    def _one_batch_setting(self):
+        if self.global_batch is not None and self.grad_accum != 1:
+            raise ValueError(f"set global_batch ({self.global_batch}) or grad_accum ({self.grad_accum}), not both: "
+                             "with global_batch the accumulation is derived from the number of ranks")
+        return self
+
+    def grad_accum_for(self, ranks: int, where: str) -> int:
+        """Micro-batches per step on each of ``ranks`` data-parallel ranks (from ``global_batch`` if set)."""
+        from phiforge.train.batching import grad_accum_for
+
+        return grad_accum_for(self, ranks, where)
+
+    def tokens(self, ranks: int = 1) -> int:
+        return self.max_steps * self.micro_batch_size * self.grad_accum_for(ranks, "train") * ranks * self.seq_len
 
 
 class PretrainSection(TrainSection):
@@ -269,9 +286,10 @@ class ResourcesSection(Section):
     gpus_per_node: int = Field(8, ge=1, description="GPUs per node; gpus must be a multiple when above it")
     sharding: Literal["fsdp", "ddp", "none"] = Field(
         "fsdp", description="fsdp: weights, grads and AdamW state sharded over all GPUs (ZeRO-3); ddp: "
-                            "replicated on each GPU; none: one GPU (or the CPU)")
-    activation_checkpointing: bool = Field(True, description="keep only each layer's input, recompute the "
-                                                             "rest in backward")
+                            "replicated on each GPU; none: one GPU (or the CPU). Training under torchrun uses "
+                            "it too (one process always runs unsharded)")
+    activation_checkpointing: bool = Field(False, description="keep only each layer's input, recompute the "
+                                                              "rest in backward (training and plan)")
     mfu: float = Field(0.4, gt=0, le=1, description="assumed model FLOPs utilisation for the GPU-days estimate")
 
     @model_validator(mode="after")
