@@ -48,3 +48,24 @@ def test_curate_stage_catches_planted_pages(fast_overrides):
     assert any("curate's estimate -> exact: textbook" in line for line in logs)
     html = build_report(run_dir).read_text()
     assert "Curation (organic data)" in html and "Planted pages" in html and "Decontamination hits" in html
+
+
+def test_curate_steps_on_a_ray_cluster_match_local(fast_overrides):
+    """``run.executor = "ray"``: the per-document steps run as Ray tasks with the same result."""
+    ray = __import__("pytest").importorskip("ray")
+    import os
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    base = fast_overrides + CURATE + ['curate.steps=["html", "corruption", "langid"]']
+    outputs = {}
+    try:
+        for executor in ("local", "ray"):
+            recipe = load_recipe(ROOT / "recipes" / "tiny.toml", base + [f"run.executor={executor}",
+                                                                          f"run.name={executor}"])
+            for stage in ("data", "curate"):
+                run_dir = pipeline.run_pipeline(recipe, log=lambda m: None, only=stage)
+            outputs[executor] = (run_dir / "curate" / "train" / "web.jsonl").read_text()
+        assert ray.is_initialized()  # the tasks really went through Ray
+    finally:
+        ray.shutdown()
+    assert outputs["ray"] == outputs["local"] and outputs["local"].count("\n") > 100

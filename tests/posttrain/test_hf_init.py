@@ -177,3 +177,16 @@ def test_dpo_alone_may_start_from_a_model_folder():
                                                                  "dpo.init=\"/m/x\""])
     assert recipe.start_model() == "/m/x" and recipe.start_model_field() == "dpo.init"
     assert [s.name for s in pipeline.select(recipe, None, None)] == ["dpo", "eval", "report"]
+
+
+def test_http_policy_tokenizer_may_name_a_stage_of_the_run(folder, tmp_path):
+    """``[models.policy] tokenizer = "stage:sft"``: a vLLM-served policy gets the exported folder's chat template."""
+    import shutil
+
+    from phiforge.backends.registry import _tokenizer
+
+    shutil.copytree(folder, tmp_path / "run" / "sft" / "model")
+    tok = _tokenizer("stage:sft", tmp_path / "run")
+    assert tok.chat_template == LLAMA3_STYLE_TEMPLATE
+    with pytest.raises(ConfigError, match="run the 'dpo' stage first"):
+        _tokenizer("stage:dpo", tmp_path / "run")

@@ -82,7 +82,9 @@ def test_model_card_implied_mfu():
 
 def test_phi4_recipe_matches_the_paper_and_fits_only_with_checkpointing():
     plan = resources.plan(load_recipe(PHI4))
-    pre, mid = plan["stages"]
+    pre, mid, sft, dpo, dpo_judge = plan["stages"]
+    assert sft["tokens"] == pytest.approx(8e9, rel=0.01)  # §4.1: ~8B tokens of SFT data
+    assert dpo["steps"] is None and dpo["tokens_per_step"] == 1920 * 2 * 4096  # chosen + rejected per pair
     assert (pre["global_batch"], pre["seq_len"]) == (5760, 4096) and pre["tokens"] == pytest.approx(10e12, rel=1e-4)
     assert (mid["seq_len"], mid["tokens"]) == (16384, pytest.approx(250e9, rel=1e-3))
     memory = resources.GPU_SPECS["h100-80g"].memory_bytes
@@ -136,3 +138,37 @@ def test_measured_mfu_agrees_with_the_plan_arithmetic():
                                        ("Tesla T4", "h100-80g")])
 def test_gpu_names_map_to_specs(name, key):
     assert resources.gpu_key_for(name, default="h100-80g") == key
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_dry_run_plan_prints_for_every_shipped_recipe(path, tmp_path, capsys):
+    overrides = [f"run.out_dir={tmp_path}"]
+    recipe = load_recipe(path)
+    if recipe.data.generator == "tinymath":  # keep the data estimate quick
+        overrides += ["data.tinymath.textbook_docs=50", "data.tinymath.web_docs=50", "data.tinymath.long_docs=5"]
+    if recipe.start_model():  # a post-training-only recipe: plan it on a model folder that exists here
+        from phiforge.testing.foreign import save_tiny_foreign_model
+
+        overrides.append(f"sft.init={save_tiny_foreign_model(tmp_path / 'start')}")
+    assert cli.main(["run", str(path), "--dry-run", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "resources: " in out
+    if recipe.resources.gpus:
+        assert "memory/GPU, GiB" in out and "per token" in out
+    if recipe.sft.enabled:
+        assert "  sft: " in out
+
+
+def test_post_training_plan_without_the_start_model_says_what_is_missing(tmp_path, capsys):
+    path = ROOT / "recipes" / "posttrain-hf.toml"
+    assert cli.main(["run", str(path), "--dry-run", f"run.out_dir={tmp_path}", f"sft.init={tmp_path / 'none'}"]) == 0
+    assert "is not on this machine: the plan needs its config.json" in capsys.readouterr().out
+
+
+def test_gpu_1b_plan_keeps_its_batch_on_eight_gpus(tmp_path, capsys):
+    recipe = load_recipe(ROOT / "recipes" / "gpu-1b.toml", ["resources.gpus=8"])
+    plan = resources.plan(recipe)
+    pre = plan["stages"][0]
+    assert (pre["micro_batch"], pre["grad_accum"], pre["data_parallel"], pre["global_batch"]) == (8, 4, 8, 256)
+    with pytest.raises(ConfigError, match="pretrain.global_batch = 256 is not a multiple"):
+        resources.plan(load_recipe(ROOT / "recipes" / "gpu-1b.toml", ["resources.gpus=24", "resources.gpus_per_node=8"]))

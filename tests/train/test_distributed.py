@@ -26,9 +26,10 @@ VOCAB, SEQ, STEPS = 64, 16, 6
 GLOBAL = 4  # sequences per optimizer step in every layout
 
 
-def _model():
+def _model(tied=False):
     cfg = build_config("tiny", {"vocab_size": VOCAB, "num_hidden_layers": 2, "hidden_size": 32,
-                                "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2})
+                                "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                "tie_word_embeddings": tied})
     return build_model(cfg, seed=0)
 
 
@@ -41,11 +42,12 @@ def _sampler():
                           rank=env.rank, world_size=env.world_size)
 
 
-def train(out_dir, micro, accum, sharding="fsdp", checkpointing=False, stop_after=None, precision="fp32"):
+def train(out_dir, micro, accum, sharding="fsdp", checkpointing=False, stop_after=None, precision="fp32",
+          tied=False):
     """Train (or resume) in ``out_dir``; export the final weights; return the logged train losses."""
     spec = TrainSpec(max_steps=STEPS, micro_batch_size=micro, grad_accum=accum, seq_len=SEQ, lr=1e-2,
                      warmup_steps=2, log_every=100, eval_every=0, checkpoint_every=3, precision=precision)
-    model = _model()
+    model = _model(tied)
     trainer = Trainer(model, spec, _sampler(), out_dir, log=lambda m: None, stop_after=stop_after,
                       parallel=ParallelConfig(sharding=sharding, activation_checkpointing=checkpointing))
     trainer.fit()
@@ -61,7 +63,8 @@ def _two_rank_layouts(root):
             "fsdp_accum": train(root / "fsdp_accum", micro=1, accum=2),
             "fsdp_ckpt": train(root / "fsdp_ckpt", micro=2, accum=1, checkpointing=True),
             "bf16": train(root / "bf16", micro=2, accum=1, precision="bf16"),
-            "crashed": train(root / "resume", micro=2, accum=1, stop_after=5)}
+            "crashed": train(root / "resume", micro=2, accum=1, stop_after=5),
+            "tied": train(root / "tied", micro=2, accum=1, tied=True)}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +72,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     torch.manual_seed(0)
     single = train(root / "single", micro=GLOBAL, accum=1)
+    single_tied = train(root / "single_tied", micro=GLOBAL, accum=1, tied=True)
     two = run_ranks(_two_rank_layouts, 2, args=(root,))
-    return root, single, two
+    return root, {"untied": single, "tied": single_tied}, two
 
 
 def _weights(folder):
@@ -87,7 +91,8 @@ def _assert_same_weights(a, b, atol=1e-5):
 
 
 def test_two_ranks_match_one_rank_with_the_same_global_batch(runs):
-    root, single, two = runs
+    root, singles, two = runs
+    single = singles["untied"]
     for layout in ("fsdp", "ddp"):
         assert two[layout] == pytest.approx(single, rel=1e-5, abs=1e-6), layout
         _assert_same_weights(root / "single", root / layout)
@@ -96,20 +101,23 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(runs):
 
 
 def test_activation_checkpointing_changes_memory_not_math(runs):
-    root, single, two = runs
+    root, singles, two = runs
+    single = singles["untied"]
     assert two["fsdp_ckpt"] == pytest.approx(single, rel=1e-5, abs=1e-6)
     _assert_same_weights(root / "single", root / "fsdp_ckpt")
 
 
 def test_bf16_mixed_precision_trains_close_to_fp32(runs):
-    root, single, two = runs
+    root, singles, two = runs
+    single = singles["untied"]
     assert two["bf16"] != single  # bf16 compute really ran
     assert two["bf16"] == pytest.approx(single, rel=0.03)
     assert _weights(root / "bf16")["lm_head.weight"].dtype == torch.float32  # fp32 master weights
 
 
 def test_micro_batch_accumulation_rank_equivalences(runs, tmp_path):
-    root, single, two = runs
+    root, singles, two = runs
+    single = singles["untied"]
     accum = train(tmp_path / "accum", micro=1, accum=GLOBAL)  # 1 x 4 x 1
     assert accum == pytest.approx(single, rel=1e-5, abs=1e-6)
     assert two["fsdp_accum"] == pytest.approx(single, rel=1e-5, abs=1e-6)  # 1 x 2 x 2
@@ -117,7 +125,8 @@ def test_micro_batch_accumulation_rank_equivalences(runs, tmp_path):
 
 
 def test_checkpoint_of_two_ranks_resumes_on_one(runs):
-    root, single, two = runs
+    root, singles, two = runs
+    single = singles["untied"]
     folder = root / "resume"
     assert [p.name for p in list_checkpoints(folder / "checkpoints")] == ["step_000003"]
     state = json.loads((folder / "checkpoints" / "step_000003" / "state.json").read_text())
@@ -133,3 +142,10 @@ def test_sampler_of_another_rank_is_refused(tmp_path):
     spec = TrainSpec(max_steps=1, micro_batch_size=1, seq_len=SEQ, lr=1e-3)
     with pytest.raises(Exception, match="rank 1 of 2, but this process is rank 0 of 1"):
         Trainer(_model(), spec, sampler, tmp_path, log=lambda m: None)
+
+
+def test_tied_embeddings_train_replicated_with_the_same_result(runs):
+    root, singles, two = runs
+    assert two["tied"] == pytest.approx(singles["tied"], rel=1e-5, abs=1e-6)
+    # Adam turns fp32 summation-order noise in near-zero gradients into updates of up to ~lr x 1e-3
+    _assert_same_weights(root / "single_tied", root / "tied", atol=1e-4)

@@ -82,8 +82,11 @@ def curate_source(ctx: StageContext, name: str, index: Path | None) -> dict:
         if whole:  # dedup compares every pair of documents: one task over one shard
             out = _merged(out, folder / f"merged{i}")
         dest = folder / ("filtered" if i == len(segments(names)) - 1 else f"stage{i}")
-        runs.append(LocalExecutor([_build(cfg, s, index) for s in segment], input=str(out), output_dir=str(dest),
-                                  workers=1 if whole else cfg.workers, progress=False).run())
+        steps = [_build(cfg, s, index) for s in segment]
+        if whole:  # one task that needs all documents: in this process
+            runs.append(LocalExecutor(steps, input=str(out), output_dir=str(dest), workers=1, progress=False).run())
+        else:
+            runs.append(ctx.executor(steps, input=str(out), output_dir=str(dest), workers=cfg.workers).run())
         out = dest
     quality = None
     if "quality" in cfg.steps:

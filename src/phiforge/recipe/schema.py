@@ -31,6 +31,12 @@ class RunSection(Section):
     out_dir: str = Field("runs", description="parent of run folders; the PHIFORGE_RUNS env var overrides it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's default")
+    executor: Literal["local", "ray"] = Field("local", description="where the data stages' shard tasks run (synth "
+                                              "pipelines, curate's per-document steps): local processes, or a Ray "
+                                              "cluster (docs/scaling.md; needs phiforge[ray])")
+    ray_address: str | None = Field(None, description="ray: cluster address (host:6379); None = the running "
+                                                      "session or a new local one")
+    ray_cpus_per_task: float = Field(1.0, gt=0, description="ray: CPUs Ray reserves per shard task")
 
 
 class TinyMathSection(Section):

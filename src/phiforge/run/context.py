@@ -98,6 +98,26 @@ class StageContext:
 
         return rank_device(resolve_device(self.recipe.run.device))
 
+    def executor(self, steps: list, *, input: str, output_dir: str, workers: int, progress: bool = False):
+        """A ``phiforge.dataflow`` executor for a data stage's shard tasks: local, or Ray (``run.executor``).
+
+        On Ray, ``workers`` caps the tasks in flight only when > 1 (else Ray schedules
+        every shard by its CPUs); steps must then hold recipe model references, not live models.
+        """
+        from phiforge.dataflow import ExecutorConfig
+
+        run = self.recipe.run
+        ray = run.executor == "ray"
+        config = ExecutorConfig(input=input, output_dir=output_dir, kind=run.executor, progress=progress,
+                                workers=(workers if workers > 1 else 0) if ray else workers,
+                                ray_address=run.ray_address, cpus_per_task=run.ray_cpus_per_task)
+        return config.build(steps)
+
+    @property
+    def remote_tasks(self) -> bool:
+        """Whether data-stage tasks run outside this process (worker processes or Ray)."""
+        return self.recipe.run.executor == "ray"
+
     @property
     def dist(self):
         """This process's rank and world size (``phiforge.train.distributed.DistEnv``)."""

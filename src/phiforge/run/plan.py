@@ -266,10 +266,8 @@ def resources_section(recipe: Recipe, run_dir: Path, only, start) -> str | None:
     """Memory per GPU, FLOPs per token and GPU-days for ``[resources]`` (``phiforge.run.resources``)."""
     from phiforge.run import resources
 
-    if recipe.start_model():
-        return ("resources: post-training only; the GPU plan covers pretraining and midtraining, which this "
-                "run skips")
-    return resources.format_plan(resources.plan(recipe, vocab=vocab_size(recipe, run_dir)))
+    vocab = None if recipe.start_model() else vocab_size(recipe, run_dir)
+    return resources.format_plan(resources.plan(recipe, vocab=vocab))
 
 
 PLAN_SECTIONS: list[Callable] = [stages_section, data_section, synth_section, model_section, budget_section,

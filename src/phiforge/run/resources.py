@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from phiforge.model import presets
 
@@ -202,41 +203,90 @@ def model_card_check() -> dict:
             "mfu": implied_mfu(mc["tokens"], fpt, mc["gpus"], gpu.bf16_tflops, mc["days"])}
 
 
+def start_model_shape(folder: str) -> ModelShape | None:
+    """The shape of a post-training start model from its ``config.json`` (None when not on this machine)."""
+    from transformers import AutoConfig
+
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        return None
+    cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    n = presets.count_params(_meta_model(cfg))
+    heads = cfg.num_attention_heads
+    return ModelShape(layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, intermediate=cfg.intermediate_size,
+                      heads=heads, kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+                      vocab=cfg.vocab_size, params=n["total"], non_embedding=n["non_embedding"])
+
+
+def _meta_model(cfg):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+TRAIN_STAGES = ("pretrain", "midtrain", "sft", "dpo", "dpo_judge")
+
+
 def plan(recipe, vocab: int | None = None) -> dict:
-    """The resource plan of the recipe's pretraining and midtraining (``format_plan`` prints it)."""
+    """The resource plan of the recipe's training stages (``format_plan`` prints it).
+
+    A post-training-only run (``sft.init`` = a model folder) is planned on that folder's
+    shape; ``shape`` is None when the folder is not on this machine yet.
+    """
     res = recipe.resources
-    shape = recipe_shape(recipe, vocab)
-    stages = [_stage_plan(recipe, name, shape) for name in ("pretrain", "midtrain") if getattr(recipe, name).enabled]
+    start = recipe.start_model()
+    shape = start_model_shape(start) if start else recipe_shape(recipe, vocab)
+    names = [n for n in TRAIN_STAGES if getattr(recipe, n).enabled and not (start and n in ("pretrain", "midtrain"))]
+    stages = [_stage_plan(recipe, name, shape) for name in names] if shape else []
     return {"gpus": res.gpus, "gpu": res.gpu, "gpus_per_node": res.gpus_per_node, "sharding": res.sharding,
+            "start_model": start,
             "checkpointing": res.activation_checkpointing, "mfu": res.mfu, "shape": shape, "stages": stages,
             "paper": PAPER_PRETRAIN if recipe.model.preset == "phi4-14b" else None,
             "model_card": model_card_check() if recipe.model.preset == "phi4-14b" else None}
 
 
 def _stage_plan(recipe, name: str, shape: ModelShape) -> dict:
+    """One training stage. DPO forwards chosen and rejected: 2 sequences per pair. Its steps follow
+    from epochs x pairs unless ``max_steps`` is set, so its token count may be unknown before the data."""
     sec, res = getattr(recipe, name), recipe.resources
     dp = res.data_parallel()
     accum = sec.grad_accum_for(dp, name)
     seqs = sec.micro_batch_size * accum * dp
-    tokens = sec.max_steps * seqs * sec.seq_len
+    per_pair = 2 if name.startswith("dpo") else 1
+    steps = sec.max_steps
+    tokens = steps * seqs * per_pair * sec.seq_len if steps else None
     fpt = flops_per_token(shape.matmul_params, shape.layers, shape.hidden, sec.seq_len)
-    memory = {key: memory_per_gpu(shape.params, res.gpus, res.sharding, sec.micro_batch_size, sec.seq_len,
+    micro_rows = sec.micro_batch_size * per_pair
+    memory = {key: memory_per_gpu(shape.params, res.gpus, res.sharding, micro_rows, sec.seq_len,
                                   shape.layers, shape.hidden, shape.heads, shape.kv_heads, ckpt,
                                   intermediate=shape.intermediate, vocab=shape.vocab, unit_params=shape.largest_unit)
               for key, ckpt in (("checkpointing", True), ("no_checkpointing", False))}
     out = {"name": name, "micro_batch": sec.micro_batch_size, "grad_accum": accum, "data_parallel": dp,
-           "seq_len": sec.seq_len, "global_batch": seqs, "tokens_per_step": seqs * sec.seq_len,
-           "steps": sec.max_steps, "tokens": tokens, "flops_per_token": fpt,
+           "seq_len": sec.seq_len, "global_batch": seqs, "tokens_per_step": seqs * per_pair * sec.seq_len,
+           "steps": steps, "tokens": tokens, "flops_per_token": fpt, "pairs": per_pair == 2,
            "attention_flops_per_token": attention_flops_per_token(shape.layers, shape.hidden, sec.seq_len),
-           "flops": tokens * fpt, "memory": memory}
-    if res.gpus:
+           "flops": tokens * fpt if tokens else None, "memory": memory}
+    if res.gpus and tokens:
         days = training_days(tokens, fpt, res.gpus, GPU_SPECS[res.gpu].bf16_tflops, res.mfu)
         out.update(days=days, gpu_days=days * res.gpus)
     return out
 
 
 def format_plan(p: dict) -> str:
+    if p["start_model"] and p["shape"] is None:
+        return (f"resources: start model {p['start_model']} is not on this machine: the plan needs its "
+                "config.json (run the dry-run where the folder is)")
     return _format_cpu(p) if p["gpus"] == 0 else _format_gpu(p)
+
+
+def _steps_text(st: dict) -> str:
+    """``1,000 steps x 524,288 tokens = 524.29M tokens``, or per-step only when steps follow the data."""
+    unit = f"{st['tokens_per_step']:,} tokens" + (" (chosen + rejected)" if st["pairs"] else "")
+    if st["steps"] is None:
+        return f"steps from epochs x pairs (known once the pairs exist) x {unit}"
+    return f"{st['steps']:,} steps x {unit} = {_si(st['tokens'])} tokens"
 
 
 def _format_cpu(p: dict) -> str:
@@ -247,9 +297,9 @@ def _format_cpu(p: dict) -> str:
     for st in p["stages"]:
         act = st["memory"]["no_checkpointing"]
         mib = (CPU_FP32_FACTOR * act["activations"] + act["logits"]) / 2**20
-        lines.append(f"  {st['name']}: {st['tokens_per_step']:,} tokens/step x {st['steps']:,} steps = "
-                     f"{_si(st['tokens'])} tokens; {_si(st['flops_per_token'], 'FLOP')}/token, "
-                     f"{st['flops']:.2e} FLOPs; activations + logits ~{mib:,.0f} MiB")
+        flops = f", {st['flops']:.2e} FLOPs" if st["flops"] else ""
+        lines.append(f"  {st['name']}: {_steps_text(st)}; {_si(st['flops_per_token'], 'FLOP')}/token{flops}; "
+                     f"activations + logits ~{mib:,.0f} MiB")
     return "\n".join(lines)
 
 
@@ -278,12 +328,13 @@ def _format_gpu(p: dict) -> str:
 
 def _format_stage(st: dict, p: dict, gpu: GPUSpec) -> list[str]:
     six_n = st["flops_per_token"] - st["attention_flops_per_token"]
-    lines = [f"  {st['name']}: {st['steps']:,} steps x {st['tokens_per_step']:,} tokens = {_si(st['tokens'])} tokens; "
-             f"global batch {st['global_batch']:,} x {st['seq_len']:,} = {st['micro_batch']} (micro) x "
-             f"{st['grad_accum']} (accum) x {st['data_parallel']} (data-parallel ranks)",
+    what = "pairs" if st["pairs"] else "sequences"
+    cost = (f"; {st['flops']:.2e} FLOPs; at {p['mfu']:.0%} MFU {_time(st['gpu_days'], 'GPU-')} = "
+            f"{_time(st['days'])} on {p['gpus']} GPU{'s' * (p['gpus'] > 1)}") if st["flops"] else ""
+    lines = [f"  {st['name']}: {_steps_text(st)}; global batch {st['global_batch']:,} {what} x <= {st['seq_len']:,} "
+             f"= {st['micro_batch']} (micro) x {st['grad_accum']} (accum) x {st['data_parallel']} (data-parallel ranks)",
              f"    per token {_si(st['flops_per_token'], 'FLOP')} = 6N {_si(six_n, 'FLOP')} + attention 12*L*h*s "
-             f"{_si(st['attention_flops_per_token'], 'FLOP')}; {st['flops']:.2e} FLOPs; at {p['mfu']:.0%} MFU "
-             f"{_time(st['gpu_days'], 'GPU-')} = {_time(st['days'])} on {p['gpus']} GPU{'s' * (p['gpus'] > 1)}",
+             f"{_si(st['attention_flops_per_token'], 'FLOP')}{cost}",
              f"    memory/GPU, GiB     {'weights':>8} {'grads':>7} {'adam':>7} {'fsdp-buf':>8} {'activ.':>7} "
              f"{'logits':>7} {'total':>7}  of {gpu.memory_bytes / GIB:.1f}"]
     for key, label in (("checkpointing", "checkpointing"), ("no_checkpointing", "no checkpointing")):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from phiforge.data.records import read_jsonl, write_jsonl
-from phiforge.dataflow import LocalExecutor, Record, read_dropped, read_records, write_shards
+from phiforge.dataflow import Record, read_dropped, read_records, write_shards
 from phiforge.errors import StageError
 from phiforge.run.context import StageContext
 from phiforge.synth.registry import build_step
@@ -38,11 +38,12 @@ def run_synth(ctx: StageContext) -> dict:
     for pipe in ctx.recipe.synth.pipelines:
         folder = ctx.stage_dir / pipe.name
         seeds = _write_inputs(ctx, pipe, folder / "inputs")
-        steps = [build_step(s.technique, s.config, _models(ctx, s, pipe.workers)) for s in pipe.steps]
+        remote = pipe.workers > 1 or ctx.remote_tasks
+        steps = [build_step(s.technique, s.config, _models(ctx, s, remote)) for s in pipe.steps]
         ctx.log(f"pipeline {pipe.name}: {seeds} seeds from {pipe.input} -> "
                 + " -> ".join(s.technique for s in pipe.steps))
-        run = LocalExecutor(steps, input=str(folder / "inputs"), output_dir=str(folder / "out"),
-                            workers=pipe.workers, progress=True).run()
+        run = ctx.executor(steps, input=str(folder / "inputs"), output_dir=str(folder / "out"),
+                           workers=pipe.workers, progress=True).run()
         docs = _write_source(ctx, pipe, folder / "out") if pipe.source else None
         stats["pipelines"][pipe.name] = _summary(pipe, seeds, run, docs)
         examples[pipe.name] = _examples(folder / "out", ctx.recipe.synth.examples_per_step)
@@ -81,13 +82,13 @@ def _seed_records(ctx: StageContext, name: str) -> Iterator[Record]:
     yield from read_records(earlier if earlier.is_dir() else name)
 
 
-def _models(ctx: StageContext, spec, workers: int) -> dict:
-    """Step role -> backend: live and shared in-process, recipe references for worker processes."""
+def _models(ctx: StageContext, spec, remote: bool) -> dict:
+    """Step role -> backend: live and shared in-process, recipe references for worker processes or Ray."""
     step_roles = {"teacher", "critic", "judge", "author", *spec.models}
     out = {}
     for role in step_roles:
         recipe_role = spec.models.get(role) or (role if role in ctx.recipe.models.roles() else "teacher")
-        if workers > 1:
+        if remote:
             out[role] = ctx.recipe.models.get(recipe_role)
         else:
             out[role] = _LazyBackend(ctx, recipe_role)

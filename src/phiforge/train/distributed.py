@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -113,7 +114,10 @@ def init_distributed(device_type: str) -> DistEnv:
         return current_env()
     if device_type == "cuda":
         torch.cuda.set_device(env.local_rank)
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
+        dist.init_process_group("nccl", timeout=PROCESS_GROUP_TIMEOUT,
+                                device_id=torch.device("cuda", env.local_rank))
+    else:
+        dist.init_process_group("gloo", timeout=PROCESS_GROUP_TIMEOUT)
     return current_env()
 
 
@@ -158,8 +162,7 @@ def all_reduce_sum(values: list[float], device: str) -> list[float]:
 
     if not current_env().distributed:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64 if torch.device(device).type == "cpu" else torch.float32,
-                     device=device)
+    t = torch.tensor(values, dtype=torch.float64, device=device)  # fp64: token counts pass 2^24 at scale
     dist.all_reduce(t)
     return t.tolist()
 
@@ -188,6 +191,12 @@ def parallelize(model, config: ParallelConfig, precision: str, device: str):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mode = config.resolved(env.world_size)
+    if mode == "fsdp" and getattr(model.config, "tie_word_embeddings", False):
+        # The body and the head are separate FSDP roots (module docstring); a weight shared by both
+        # cannot be sharded twice, so tied-embedding models (small Qwen/Llama/Gemma) train replicated.
+        logging.getLogger(__name__).warning("tied input/output embeddings: training replicated (ddp) "
+                                            "instead of fsdp")
+        mode = "ddp"
     model.to(device)
     if mode == "fsdp":
         _fully_shard(model, precision, device)
