@@ -197,10 +197,14 @@ def parallelize(model, config: ParallelConfig, precision: str, device: str):
         logging.getLogger(__name__).warning("tied input/output embeddings: training replicated (ddp) "
                                             "instead of fsdp")
         mode = "ddp"
-    model.to(device)
     if mode == "fsdp":
+        # fully_shard moves each unit's weights to the device itself, then frees what is not this
+        # rank's shard: the GPU never holds more than one unsharded unit. Then the leftovers (buffers).
         _fully_shard(model, precision, device)
-    elif mode == "ddp":
+        model.to(device)
+    else:
+        model.to(device)
+    if mode == "ddp":
         _broadcast_parameters(model)
     model._phiforge_sharding = mode
     return model

@@ -86,7 +86,7 @@ def run_pretrain(ctx: StageContext) -> dict:
                              rank=env.rank, world_size=env.world_size)
     ctx.log(write_mixture(ctx.stage_dir / "mixture.json", sampler, spec))
     _check_manifest(ctx, sampler, spec)
-    model = _new_model(ctx, tok).to(device)
+    model = _new_model(ctx, tok)  # on the CPU: the Trainer places (or shards) it on the device
     return _train_and_export(ctx, model, tok, spec, sampler, eval_sets(valid, spec.seq_len,
                              r.pretrain.valid_sequences, r.run.seed))
 
@@ -161,7 +161,7 @@ def run_midtrain(ctx: StageContext) -> dict:
                              rank=env.rank, world_size=env.world_size)
     ctx.log(write_mixture(ctx.stage_dir / "mixture.json", sampler, spec))
     model = extend_context(load_hf_model(ctx.input_dir("pretrain") / "model"), r.midtrain.rope_theta,
-                           spec.seq_len).to(device)
+                           spec.seq_len)
     ctx.log(f"RoPE base {r.midtrain.rope_theta:,.0f}, context {spec.seq_len}, peak LR {spec.lr:.2e}")
     valid = load_sources(tok_dir, "valid", weights, eos)
     return _train_and_export(ctx, model, tok, spec, sampler,
