@@ -56,6 +56,31 @@ def train(out_dir, micro, accum, sharding="fsdp", checkpointing=False, stop_afte
     return [r["loss"] for r in read_metrics(out_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
+def _sigterm_on_rank1(root):
+    """Rank 1 alone gets SIGTERM during step 3: both ranks must checkpoint step 3 and stop together."""
+    import os
+    import signal
+
+    from phiforge.train.trainer import causal_lm_loss
+
+    calls = []
+
+    def objective(model, batch, autocast):
+        calls.append(1)
+        if current_env().rank == 1 and len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return causal_lm_loss(model, batch, autocast)
+
+    spec = TrainSpec(max_steps=STEPS, micro_batch_size=2, seq_len=SEQ, lr=1e-2, warmup_steps=2, log_every=100,
+                     eval_every=0, checkpoint_every=0)
+    trainer = Trainer(_model(), spec, _sampler(), root / "sigterm", log=lambda m: None, objective=objective)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt as e:
+        return {"stopped_at": trainer.step, "message": str(e)}
+    return {"stopped_at": None}
+
+
 def _two_rank_layouts(root):
     """Every layout the tests need, in one launch of 2 ranks (rank 0 returns the losses)."""
     return {"fsdp": train(root / "fsdp", micro=2, accum=1),
@@ -64,7 +89,8 @@ def _two_rank_layouts(root):
             "fsdp_ckpt": train(root / "fsdp_ckpt", micro=2, accum=1, checkpointing=True),
             "bf16": train(root / "bf16", micro=2, accum=1, precision="bf16"),
             "crashed": train(root / "resume", micro=2, accum=1, stop_after=5),
-            "tied": train(root / "tied", micro=2, accum=1, tied=True)}
+            "tied": train(root / "tied", micro=2, accum=1, tied=True),
+            "sigterm": _sigterm_on_rank1(root)}
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +175,10 @@ def test_tied_embeddings_train_replicated_with_the_same_result(runs):
     assert two["tied"] == pytest.approx(singles["tied"], rel=1e-5, abs=1e-6)
     # Adam turns fp32 summation-order noise in near-zero gradients into updates of up to ~lr x 1e-3
     _assert_same_weights(root / "single_tied", root / "tied", atol=1e-4)
+
+
+def test_a_signal_on_one_rank_checkpoints_all_ranks_at_the_same_step(runs):
+    root, singles, two = runs
+    assert two["sigterm"]["stopped_at"] == 3 and "rerun to resume" in two["sigterm"]["message"]
+    assert [p.name for p in list_checkpoints(root / "sigterm" / "checkpoints")] == ["step_000003"]
+    assert len(list((root / "sigterm" / "checkpoints" / "step_000003" / "dcp").glob("*.distcp"))) == 2

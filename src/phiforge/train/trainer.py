@@ -112,7 +112,7 @@ class Trainer:
         interrupted = _InterruptFlag()
         with interrupted:
             while self.step < self.spec.max_steps:
-                stop = self._one_step(interrupted.flag)
+                stop = self._one_step(interrupted)
                 if self._should(self.spec.eval_every) or self.step == self.spec.max_steps:
                     self._evaluate()
                 if self._should(self.spec.checkpoint_every) or stop:
@@ -124,8 +124,11 @@ class Trainer:
         return self._summary()
 
     # -- steps ------------------------------------------------------------
-    def _one_step(self, interrupted: bool) -> bool:
-        """One optimizer step; returns whether any rank was asked to stop (all ranks then stop together)."""
+    def _one_step(self, interrupted: "_InterruptFlag") -> bool:
+        """One optimizer step; returns whether any rank was asked to stop (all ranks then stop together).
+
+        The flag is read after the step's work, so a signal during step N stops every rank after step N.
+        """
         t0 = time.perf_counter()
         lr = linear_warmup_linear_decay(self.step, self.spec.lr, self.spec.warmup_steps,
                                         self.spec.max_steps, self.spec.min_lr_ratio)
@@ -138,7 +141,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         names = sorted(extras)
-        reduced = dist.all_reduce_sum([loss_sum, tokens, float(interrupted), *(extras[k] for k in names)],
+        reduced = dist.all_reduce_sum([loss_sum, tokens, float(interrupted.flag), *(extras[k] for k in names)],
                                       self.device)
         world = self.env.world_size
         loss_sum, tokens, stop = reduced[0] / world, int(reduced[1]), reduced[2] > 0
