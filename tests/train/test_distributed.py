@@ -81,6 +81,25 @@ def _sigterm_on_rank1(root):
     return {"stopped_at": None}
 
 
+def _reference_pairs():
+    from phiforge.posttrain.pairs import TokenPair
+
+    rng = np.random.default_rng(1)
+    return [TokenPair(id=f"p{i}", kind="t", prompt_ids=rng.integers(1, VOCAB, 3 + i % 5).tolist(),
+                      chosen_ids=rng.integers(1, VOCAB, 1 + i % 3).tolist(),
+                      rejected_ids=rng.integers(1, VOCAB, 1 + i % 2).tolist()) for i in range(11)]
+
+
+def _reference_scores(sharding):
+    """DPO reference log-probs of 11 pairs in batches of 2 (6 batches: uneven over 2 ranks with FSDP)."""
+    from phiforge.posttrain.dpo import precompute_reference_logps
+    from phiforge.train.distributed import parallelize
+
+    model = parallelize(_model(), ParallelConfig(sharding=sharding), "fp32", "cpu")
+    out = precompute_reference_logps(model, _reference_pairs(), batch_size=2)
+    return [[p.ref_chosen_logp, p.ref_rejected_logp] for p in out]
+
+
 def _two_rank_layouts(root):
     """Every layout the tests need, in one launch of 2 ranks (rank 0 returns the losses)."""
     return {"fsdp": train(root / "fsdp", micro=2, accum=1),
@@ -90,7 +109,8 @@ def _two_rank_layouts(root):
             "bf16": train(root / "bf16", micro=2, accum=1, precision="bf16"),
             "crashed": train(root / "resume", micro=2, accum=1, stop_after=5),
             "tied": train(root / "tied", micro=2, accum=1, tied=True),
-            "sigterm": _sigterm_on_rank1(root)}
+            "sigterm": _sigterm_on_rank1(root),
+            "reference_fsdp": _reference_scores("fsdp"), "reference_ddp": _reference_scores("ddp")}
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +202,10 @@ def test_a_signal_on_one_rank_checkpoints_all_ranks_at_the_same_step(runs):
     assert two["sigterm"]["stopped_at"] == 3 and "rerun to resume" in two["sigterm"]["message"]
     assert [p.name for p in list_checkpoints(root / "sigterm" / "checkpoints")] == ["step_000003"]
     assert len(list((root / "sigterm" / "checkpoints" / "step_000003" / "dcp").glob("*.distcp"))) == 2
+
+
+def test_dpo_reference_log_probs_split_over_ranks_match_one_process(runs):
+    root, singles, two = runs
+    single = _reference_scores("none")
+    for layout in ("reference_fsdp", "reference_ddp"):
+        assert np.allclose(two[layout], single, rtol=1e-5, atol=1e-5), layout

@@ -53,7 +53,7 @@ from phiforge.data.records import write_json
 from phiforge.errors import ConfigError, DataError
 from phiforge.posttrain.pairs import TokenPair, format_counts
 from phiforge.train.batching import grad_accum_for
-from phiforge.train.distributed import current_env, sharding_of
+from phiforge.train.distributed import ParallelConfig, current_env, handles_precision, parallelize, sharding_of
 from phiforge.train.trainer import Trainer, TrainSpec
 
 REFERENCE_CACHE = "reference_logps.json"
@@ -323,25 +323,44 @@ def precompute_reference_logps(model, pairs: Sequence[TokenPair], batch_size: in
     """Copies of ``pairs`` with ``ref_chosen_logp``/``ref_rejected_logp`` from the frozen ``model``.
 
     Pairs are batched in order of length (less padding), without gradients, in eval
-    mode; ``progress(done, total)`` is called after each batch.
+    mode; ``progress(done, total)`` is called after each batch. Under data parallelism
+    rank ``r`` scores batches ``b ≡ r (mod world_size)`` with the (sharded) model and the
+    ranks exchange their scores: every rank runs the same number of forwards (a spare
+    rank repeats a batch and drops the result), as FSDP's collectives require.
     """
+    env = current_env()
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].max_length)
-    out = list(pairs)
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    mine = batches[env.rank::env.world_size]
+    rounds = math.ceil(len(batches) / env.world_size)
+    scores: dict[int, tuple[float, float]] = {}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            for k in range(rounds):
+                idx = mine[k] if k < len(mine) else batches[-1]  # a spare forward keeps the collectives in step
                 batch = collate_pairs([pairs[i] for i in idx], pad_id).to(device)
                 chosen, rejected = compute_logps(model, batch, autocast)
-                for i, c, r in zip(idx, chosen.tolist(), rejected.tolist()):
-                    out[i] = replace(pairs[i], ref_chosen_logp=c, ref_rejected_logp=r)
+                if k < len(mine):
+                    scores.update(zip(idx, zip(chosen.tolist(), rejected.tolist())))
                 if progress:
-                    progress(min(start + batch_size, len(order)), len(order))
+                    progress(min((k + 1) * batch_size * env.world_size, len(order)), len(order))
     finally:
         model.train(was_training)
-    return out
+    scores = _merge_ranks(scores)
+    return [replace(p, ref_chosen_logp=scores[i][0], ref_rejected_logp=scores[i][1]) for i, p in enumerate(pairs)]
+
+
+def _merge_ranks(scores: dict) -> dict:
+    """The union of every rank's ``{pair index: scores}`` (the dict itself with one rank)."""
+    if not current_env().distributed:
+        return scores
+    import torch.distributed as tdist
+
+    gathered: list = [None] * current_env().world_size
+    tdist.all_gather_object(gathered, scores)
+    return {k: v for part in gathered for k, v in part.items()}
 
 
 def pairs_fingerprint(pairs: Sequence[TokenPair]) -> str:
@@ -371,7 +390,8 @@ def reference_logps(model, pairs: Sequence[TokenPair], cache: Path, batch_size: 
         return [replace(p, ref_chosen_logp=c, ref_rejected_logp=r) for p, c, r in zip(pairs, *cached)], "cache"
     log(f"reference log-probs: computing for {len(pairs)} pairs (batch {batch_size})")
     out = precompute_reference_logps(model, pairs, batch_size, device, autocast, progress, pad_id)
-    _write_reference_cache(cache, fingerprint, out)
+    if current_env().is_main:
+        _write_reference_cache(cache, fingerprint, out)
     return out, "computed"
 
 
@@ -562,8 +582,10 @@ def train_dpo(model, pairs: Sequence[TokenPair], config: DPOConfig, out_dir: str
     env = current_env()
     spec = config.train_spec(len(train), device, env.world_size)
     write_json(out_dir / "dpo_config.json", {"config": config.model_dump(), "train_spec": asdict(spec)})
-    autocast, pad_id = autocast_for(spec.precision, device), _pad_id(model)
-    model.to(device)
+    pad_id = _pad_id(model)
+    # Shard first: the reference pass then needs no whole model per GPU, and each rank scores 1/world of it.
+    model = parallelize(model, parallel or ParallelConfig(), spec.precision, device)
+    autocast = _no_autocast if handles_precision(model) else autocast_for(spec.precision, device)
     with_ref, source = reference_logps(model, [*train, *valid], out_dir / REFERENCE_CACHE, config.ref_batch_size,
                                        device, autocast, log, progress, pad_id)
     train, valid = with_ref[:len(train)], with_ref[len(train):]

@@ -182,7 +182,12 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def parallelize(model, config: ParallelConfig, precision: str, device: str):
-    """Apply activation checkpointing and the sharding mode; returns the model to train (same object)."""
+    """Apply activation checkpointing and the sharding mode; returns the model to train (same object).
+
+    Idempotent: a model already parallelised (e.g. by DPO for its reference pass) is returned as is.
+    """
+    if hasattr(model, "_phiforge_sharding"):
+        return model
     env = current_env()
     if config.activation_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
