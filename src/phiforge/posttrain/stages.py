@@ -52,20 +52,21 @@ def load_start_model(ctx: StageContext, stage: str):
     """A stage's exported model (Phi-4 architecture), or any causal LM from a folder (``<stage>.init`` = path).
 
     In a run that started from a model folder, later stages' models have that
-    folder's architecture, so they load through the general loader too.
+    folder's architecture, so they load through the general loader too. Loaded on the
+    CPU: the trainer places it on the device, or shards it there one unit at a time.
     """
     from phiforge.model.hf import load_causal_lm
 
     if is_model_path(stage):
         ctx.log(f"starting from the model folder {stage}")
-        return load_causal_lm(stage, device=ctx.device, field=f"{ctx.stage}.init")
+        return load_causal_lm(stage, device="cpu", field=f"{ctx.stage}.init")
     if ctx.recipe.start_model():
         ctx.log(f"starting from {stage}/model")
-        return load_causal_lm(ctx.input_dir(stage) / "model", device=ctx.device, field=f"{ctx.stage}.init")
+        return load_causal_lm(ctx.input_dir(stage) / "model", device="cpu", field=f"{ctx.stage}.init")
     from phiforge.train.checkpoint import load_hf_model
 
     ctx.log(f"starting from {stage}/model")
-    return load_hf_model(ctx.input_dir(stage) / "model", device=ctx.device)
+    return load_hf_model(ctx.input_dir(stage) / "model", device="cpu")
 
 
 def student_tokenizer(ctx: StageContext, start: str | None = None):
