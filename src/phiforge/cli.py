@@ -133,12 +133,18 @@ def _dispatch(args) -> int:
     start = getattr(args, "start", None)
     if args.dry_run:
         from phiforge.run.plan import print_plan
-        print_plan(recipe, recipe_path, only, start)
+        from phiforge.train.distributed import launched_env
+
+        if launched_env().is_main:  # under torchrun one plan, not one per rank
+            print_plan(recipe, recipe_path, only, start)
         return 0
     from phiforge.run.pipeline import run_pipeline
+    from phiforge.train.distributed import launched_env
+
     run_dir = run_pipeline(recipe, only=only, start=start, log=_log)
-    print(f"phiforge: run finished: {run_dir}" + (f" (report: {run_dir / 'report.html'})"
-                                                  if (run_dir / "report.html").exists() else ""))
+    if launched_env().is_main:  # under torchrun, rank 0 speaks for the run
+        print(f"phiforge: run finished: {run_dir}" + (f" (report: {run_dir / 'report.html'})"
+                                                      if (run_dir / "report.html").exists() else ""))
     return 0
 
 

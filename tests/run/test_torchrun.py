@@ -46,6 +46,7 @@ def test_torchrun_two_ranks_train_every_training_stage(fast_overrides, tmp_path)
     log = _torchrun(base)
     run_dir = tmp_path / "runs" / "t"
     assert "torchrun: 2 ranks" in log and log.count("[pretrain] start") == 1  # rank 1 is silent
+    assert log.count("phiforge: run finished") == 1
     for stage in ("pretrain", "midtrain", "sft"):
         stats = json.loads((run_dir / stage / "stats.json").read_text())
         assert stats["steps"] >= 3, stage
