@@ -155,18 +155,21 @@ class Trainer:
         return stop
 
     def _accumulate(self) -> tuple[float, dict, int]:
-        """Forward/backward over ``grad_accum`` micro-batches: summed loss, mean metrics, tokens."""
-        loss_sum, extras, tokens = 0.0, {}, 0
+        """Forward/backward over ``grad_accum`` micro-batches: summed loss, mean metrics, tokens.
+
+        The loss stays on the device until the step ends: one host sync per step, not per micro-batch.
+        """
+        loss_sum, extras, tokens = torch.zeros((), device=self.device), {}, 0
         for i in range(self.spec.grad_accum):
             batch = self.sampler.next_batch(self.spec.micro_batch_size).to(self.device)
             with dist.accumulating(self.model, sync=i == self.spec.grad_accum - 1):
                 loss, metrics = _split(self.objective(self.model, batch, self._autocast))
                 (loss / self.spec.grad_accum).backward()
-            loss_sum += loss.item()
+            loss_sum += loss.detach().float()
             tokens += batch_tokens(batch, self.spec)
             for k, v in metrics.items():
                 extras[k] = extras.get(k, 0.0) + float(v) / self.spec.grad_accum
-        return loss_sum, extras, tokens
+        return loss_sum.item(), extras, tokens
 
     def _autocast(self):
         if self.spec.precision == "bf16" and not dist.handles_precision(self.model):
