@@ -100,3 +100,17 @@ def test_posttrain_hf_recipe_dry_run_names_missing_files(tmp_path, capsys):
         assert f"  {stage:<10} disabled" in out
     for stage in ("sft", "pts", "dpo", "judge", "dpo_judge", "eval"):
         assert f"  {stage:<10} pending" in out
+
+
+def test_global_batch_and_grad_accum_are_exclusive():
+    msg = _error(["pretrain.global_batch=64", "pretrain.grad_accum=2"])
+    assert "pretrain" in msg and "global_batch (64) or grad_accum (2), not both" in msg
+
+
+def test_global_batch_must_divide_over_the_ranks():
+    from phiforge.errors import ConfigError
+
+    recipe = load_recipe(None, ["sft.enabled=true", "sft.micro_batch_size=4", "sft.global_batch=12"])
+    assert recipe.sft.grad_accum_for(1, "sft") == 3 and recipe.sft.grad_accum_for(3, "sft") == 1
+    with pytest.raises(ConfigError, match=r"sft.global_batch = 12 is not a multiple of micro_batch_size x ranks = 4 x 2"):
+        recipe.sft.grad_accum_for(2, "sft")
