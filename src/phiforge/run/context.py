@@ -115,7 +115,7 @@ class StageContext:
 
     @property
     def remote_tasks(self) -> bool:
-        """Whether data-stage tasks run outside this process (worker processes or Ray)."""
+        """Whether data-stage tasks run on Ray, outside this process (steps then take model references)."""
         return self.recipe.run.executor == "ray"
 
     @property
